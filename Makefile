@@ -1,0 +1,56 @@
+# Every target installs what it needs itself: a fresh clone runs `make test` with nothing else.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export ARCHAUDIT_CACHE ?= $(HOME)/.cache/archaudit
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+PYTEST_ARGS ?=
+
+.PHONY: help deps venv bins lint unit integration e2e test bench demo demo-down clean
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+deps:  ## Debian packages used by the tests (docker-registry, promtool)
+	@hack/install-deps.sh
+
+venv: $(VENV)/.stamp  ## Python venv with archaudit and the dev tools
+
+$(VENV)/.stamp: pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+bins:  ## build kube-apiserver, etcd, kwok, helm... from Go modules (cached in ~/.cache/archaudit)
+	@hack/build-cluster-bins.sh >/dev/null
+
+lint: venv  ## ruff, mypy --strict, import-linter layers
+	$(VENV)/bin/ruff check operator tests
+	$(VENV)/bin/ruff format --check operator tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: venv  ## pure-logic tests, no services
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: venv deps  ## against a real docker-registry
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+e2e: venv deps bins  ## against a real kube-apiserver, etcd, scheduler, controller-manager, kwok
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+test: deps venv bins lint  ## everything CI runs: lint + unit + integration + e2e
+	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+
+bench: venv deps bins  ## benchmarks; figures go to BENCHMARKS.md
+	$(PY) -m pytest tests/bench -s -p no:randomly $(PYTEST_ARGS)
+
+demo: venv deps bins  ## start registry + control plane + archaudit in the background, print how to use it
+	$(PY) -m tests.harness.demo up
+
+demo-down:  ## stop everything `make demo` started
+	@test -x $(PY) && $(PY) -m tests.harness.demo down || true
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
