@@ -21,7 +21,7 @@ class ArchauditError(Exception):
     """Base of every error archaudit raises on purpose."""
 
 
-class InvalidReference(ArchauditError, ValueError):
+class InvalidReference(ArchauditError, ValueError):  # noqa: N818 (name fixed by DESIGN.md's contract)
     """An image reference that distribution/reference (and so the kubelet) would refuse."""
 
 
