@@ -1,0 +1,260 @@
+"""The `archaudit` command: `check` one image from a terminal or CI, `run` the operator.
+
+Why a CLI at all: "will this image run on my Raspberry Pi nodes?" is a question people ask before
+they deploy, and the answer must be the one the webhook would give. So `check` goes through the
+same resolver, the same runtime profiles and the same registry configuration as the operator.
+
+Exit codes (a contract, scripts rely on them): 0 every requested platform runs the image (or none was
+requested), 1 at least one does not, 2 the question could not be answered (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from archaudit import __version__, config
+from archaudit.errors import ArchauditError, InvalidReference, ResolutionError
+from archaudit.manifests import ImagePlatforms
+from archaudit.platforms import RUNTIMES, Fit, Platform
+from archaudit.reference import ImageReference, parse
+from archaudit.registry.credentials import Credential, Keyring, keyring_from_docker_config
+from archaudit.registry.mirrors import EMPTY, RegistriesConfig
+from archaudit.resolver import Resolver
+
+__all__ = ["build_parser", "check", "main"]
+
+EXIT_OK, EXIT_NOT_RUNNABLE, EXIT_ERROR = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input on the command line or in a file it names: exit 2 with this message."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="archaudit",
+        description="Check which platforms a container image can run on, the way the node's runtime decides.",
+    )
+    parser.add_argument("--version", action="version", version=f"archaudit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{check,run}")
+
+    check = sub.add_parser(
+        "check",
+        help="resolve an image and check it against node platforms",
+        description="Resolve IMAGE in its registry and list its platforms; with --platform, say whether "
+        "a node of that platform can run it. Exit 0: all runnable, 1: some not, 2: error.",
+    )
+    check.add_argument(
+        "image", metavar="IMAGE", help="image reference, e.g. nginx:1.27 or ghcr.io/o/r@sha256:..."
+    )
+    check.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        metavar="P",
+        help="node platform os/arch[/variant], e.g. linux/arm/v7 (repeatable)",
+    )
+    check.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="containerd",
+        help="container runtime profile that decides compatibility (default: containerd)",
+    )
+    check.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="talk plain HTTP to this registry (repeatable)",
+    )
+    check.add_argument("--registries", metavar="FILE", help="k3s registries.yaml: mirrors, credentials, TLS")
+    check.add_argument(
+        "--docker-config",
+        metavar="FILE",
+        help="docker config.json with registry credentials (default: $DOCKER_CONFIG/config.json or "
+        "~/.docker/config.json when present)",
+    )
+    check.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+    check.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="total time for the image (default: ARCHAUDIT_REGISTRY_TIMEOUT_SECONDS or 8)",
+    )
+
+    sub.add_parser(
+        "run",
+        help="start the operator (webhook, auditor, metrics); see `archaudit run --help`",
+        add_help=False,
+    )
+    return parser
+
+
+# -- check
+
+
+def _platforms(texts: Sequence[str]) -> list[Platform]:
+    out = []
+    for text in texts:
+        try:
+            out.append(Platform.parse(text))
+        except ValueError as e:
+            raise UsageError(f"--platform {text!r}: {e}") from None
+    return out
+
+
+def _default_docker_config() -> Path | None:
+    base = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+    path = Path(base) / "config.json"
+    return path if path.is_file() else None
+
+
+def _credentials(ref: ImageReference, docker_config: str | None) -> list[Credential]:
+    path = Path(docker_config) if docker_config else _default_docker_config()
+    if path is None:
+        return []
+    try:
+        keyring: Keyring = keyring_from_docker_config(path.read_bytes())
+    except OSError as e:
+        raise UsageError(f"--docker-config {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise UsageError(f"--docker-config {path}: {e}") from None
+    return keyring.lookup(ref)
+
+
+def _registries(path: str | None, settings: config.RegistrySettings) -> RegistriesConfig:
+    path = path or settings.registries_file
+    if not path:
+        return EMPTY
+    try:
+        return RegistriesConfig.from_file(path)
+    except OSError as e:
+        raise UsageError(f"--registries {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise UsageError(f"--registries {path}: {e}") from None
+
+
+def platform_json(p: Platform) -> dict[str, str]:
+    out = {"os": p.os, "architecture": p.architecture, "variant": p.variant}
+    if p.os_version:
+        out["os.version"] = p.os_version
+    return out
+
+
+def report(
+    image: ImagePlatforms, ref: ImageReference, requested: Sequence[tuple[str, Platform]], runtime: str
+) -> dict[str, Any]:
+    """The JSON document of `check` (DESIGN.md: a contract)."""
+    checks = []
+    for text, node in requested:
+        verdict, manifest = image.runnable(node, (runtime,))
+        checks.append({"platform": text, "runnable": verdict is Fit.RUNS, "manifest": manifest})
+    return {
+        "image": str(ref),
+        "digest": image.digest,
+        "mediaType": image.media_type,
+        "platforms": [platform_json(p) for p in image.platforms],
+        "checks": checks,
+    }
+
+
+def render_text(doc: dict[str, Any], kind: str) -> str:
+    platforms = [
+        "/".join(x for x in (p["os"], p["architecture"], p["variant"]) if x)
+        + (f" ({p['os.version']})" if p.get("os.version") else "")
+        for p in doc["platforms"]
+    ]
+    if not platforms:
+        platforms = ["none (an OCI artifact, not an image)" if kind == "artifact" else "none declared"]
+    lines = [
+        f"image       {doc['image']}",
+        f"digest      {doc['digest']}",
+        f"media type  {doc['mediaType']}",
+        f"platforms   {', '.join(platforms)}",
+    ]
+    if doc["checks"]:
+        width = max(len("platform"), *(len(c["platform"]) for c in doc["checks"]))
+        lines += ["", f"{'platform':<{width}}  runnable  manifest pulled"]
+        for c in doc["checks"]:
+            lines.append(
+                f"{c['platform']:<{width}}  {'yes' if c['runnable'] else 'no':<8}  {c['manifest'] or '-'}"
+            )
+    return "\n".join(lines)
+
+
+async def check(args: argparse.Namespace, settings: config.Settings) -> tuple[int, str]:
+    """Run `archaudit check`; returns (exit code, output)."""
+    nodes = _platforms(args.platform)
+    try:
+        ref = parse(args.image)
+    except InvalidReference as e:
+        raise UsageError(f"image {args.image!r}: {e}") from None
+    registry_settings = settings.registry
+    if args.timeout is not None:
+        if args.timeout <= 0:
+            raise UsageError("--timeout must be positive")
+        registry_settings = _replace(registry_settings, timeout_seconds=args.timeout)
+    credentials = _credentials(ref, args.docker_config)
+    resolver = Resolver.from_settings(
+        registry_settings,
+        registries=_registries(args.registries, registry_settings),
+        insecure=args.insecure_registry,
+    )
+    try:
+        resolution = await resolver.resolve(ref, credentials)
+    finally:
+        await resolver.aclose()
+    doc = report(resolution.image, ref, list(zip(args.platform, nodes, strict=True)), args.runtime)
+    code = EXIT_OK if all(c["runnable"] for c in doc["checks"]) else EXIT_NOT_RUNNABLE
+    out = json.dumps(doc, indent=2) if args.output == "json" else render_text(doc, resolution.image.kind)
+    return code, out
+
+
+def _replace(s: config.RegistrySettings, **changes: Any) -> config.RegistrySettings:
+    return dataclasses.replace(s, **changes)
+
+
+# -- run
+
+
+def _run_operator(argv: Sequence[str]) -> int:
+    try:
+        from archaudit import app  # the operator's kopf glue: heavy imports, only when asked for
+    except ImportError as e:
+        print(f"archaudit: error: the operator is not available in this build ({e})", file=sys.stderr)
+        return EXIT_ERROR
+    result = app.main(list(argv))
+    return int(result or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "run":
+        return _run_operator(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    try:
+        settings = config.from_env()
+        code, out = asyncio.run(check(args, settings))
+    except (UsageError, ResolutionError, ArchauditError, ValueError) as e:
+        print(f"archaudit: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    print(out)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""Talking to registries the way the node's runtime does (adapter layer: the only package with HTTP).
+
+    credentials   pull-secret and docker-config credentials, matched to images as the kubelet does
+    mirrors       k3s registries.yaml: the endpoints containerd tries for an image, with TLS and auth
+    safety        the host guard: which hosts and addresses archaudit may connect to at all
+    auth          WWW-Authenticate challenges and bearer tokens
+    client        the HTTP client that puts these together
+
+Everything here answers the question "what would the node see if it pulled this image?", so each
+module copies a runtime's behaviour (kubelet, containerd, k3s) rather than inventing a nicer one.
+"""
+
+from archaudit.registry.client import ClientOptions, Observer, RegistryClient, TagLookup
+from archaudit.registry.credentials import (
+    Credential,
+    CredentialsError,
+    Keyring,
+    keyring_from_docker_config,
+    keyring_from_dockercfg,
+    keyring_from_secret,
+)
+from archaudit.registry.mirrors import EMPTY, Endpoint, RegistriesConfig, TLSConfig
+from archaudit.registry.safety import GuardedResolver, HostGuard
+
+__all__ = [
+    "EMPTY",
+    "ClientOptions",
+    "Credential",
+    "CredentialsError",
+    "Endpoint",
+    "GuardedResolver",
+    "HostGuard",
+    "Keyring",
+    "Observer",
+    "RegistriesConfig",
+    "RegistryClient",
+    "TLSConfig",
+    "TagLookup",
+    "keyring_from_docker_config",
+    "keyring_from_dockercfg",
+    "keyring_from_secret",
+]

@@ -1,0 +1,762 @@
+"""The registry HTTP client: an image reference in, the platforms its runtime would see out.
+
+Why it is shaped this way: the kubelet's runtime (containerd, CRI-O) decides what a node pulls, so
+this client asks registries the same questions the runtime asks, with the same Accept header, and
+trusts what it can verify (bodies hashed against digests) over what it is told (headers). Every way
+a registry can fail is turned into a `ResolutionError` whose `reason` users can alert on and whose
+message names the image and the registry host, never a credential.
+
+The client does no caching of results (resolver.py does); it caches only Bearer tokens, which are a
+property of the conversation with a registry, not of images. Two calls serve the resolver's caches:
+`lookup` (tag -> digest, a HEAD that Docker Hub does not count against pull limits) and `fetch`
+(digest -> platforms: one GET, plus the config blob of a single-platform image or the child indexes
+of a nested index, never the children of a flat index).
+
+Guards, in the order a request meets them: the per-image deadline (everything, retries included,
+runs inside it), the host guard (names and IP literals before connecting, resolved addresses at
+connect time via `GuardedResolver`), the per-registry concurrency semaphore, a redirect cap,
+a response-size cap while streaming, bounded retries for 5xx/429/connection errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from archaudit import manifests
+from archaudit.config import RegistrySettings
+from archaudit.errors import ManifestError, Reason, ResolutionError
+from archaudit.manifests import ImagePlatforms, Index
+from archaudit.platforms import Platform
+from archaudit.reference import ImageReference
+from archaudit.registry.auth import (
+    Challenge,
+    TokenCache,
+    basic_authorization,
+    fetch_token,
+    parse_www_authenticate,
+    pick_challenge,
+    pull_scope,
+)
+from archaudit.registry.credentials import Credential
+from archaudit.registry.mirrors import EMPTY, Endpoint, RegistriesConfig, TLSConfig
+from archaudit.registry.safety import GuardedResolver, HostGuard
+
+__all__ = ["ClientOptions", "Observer", "RegistryClient", "TagLookup"]
+
+log = logging.getLogger(__name__)
+
+# An image config is usually a few KiB; a long build history makes it bigger. Cap it anyway.
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+# Error bodies are only read for their error code.
+_MAX_ERROR_BYTES = 64 * 1024
+# An index inside an index inside an index is already unusual; deeper is refused, not followed.
+_MAX_NESTING = 3
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_RETRYABLE = frozenset({429, 500, 502, 503, 504})
+_T = TypeVar("_T")
+_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
+
+
+class Observer(Protocol):
+    """What metrics.py wants to know. Called synchronously: keep it cheap."""
+
+    def on_request(self, registry: str, method: str, status: int | None, seconds: float) -> None:
+        """One HTTP exchange with `registry` (host[:port]); status None = no answer (connection error)."""
+
+    def on_ratelimit(self, registry: str, remaining: int) -> None:
+        """Docker Hub's `ratelimit-remaining` as last seen for `registry`."""
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """The client's knobs (from config.RegistrySettings, where the defaults live)."""
+
+    timeout_seconds: float = 8.0
+    connect_timeout_seconds: float = 3.0
+    max_retries: int = 2
+    concurrency_per_registry: int = 8
+    max_redirects: int = 5
+    backoff_seconds: float = 0.2
+
+    @classmethod
+    def from_settings(cls, s: RegistrySettings) -> ClientOptions:
+        return cls(
+            timeout_seconds=s.timeout_seconds,
+            connect_timeout_seconds=s.connect_timeout_seconds,
+            max_retries=s.max_retries,
+            concurrency_per_registry=s.concurrency_per_registry,
+            max_redirects=s.max_redirects,
+        )
+
+
+@dataclass(frozen=True)
+class TagLookup:
+    """A tag's digest; `image` is set when it came from a GET by tag (the HEAD gave no digest)."""
+
+    digest: str
+    image: ImagePlatforms | None = None
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    url: str
+
+
+class _UnauthorizedError(Exception):
+    """This credential (or anonymity) is not good enough here: try the next one."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One image against one endpoint with one credential, inside one deadline."""
+
+    ref: ImageReference
+    endpoint: Endpoint
+    credential: Credential | None
+    deadline: float  # loop time
+
+    @property
+    def registry(self) -> str:
+        return self.endpoint.host
+
+    @property
+    def image(self) -> str:
+        """The normalized reference, for messages."""
+        return str(self.ref)
+
+    def url(self, kind: str, locator: str) -> str:
+        return self.endpoint.url(kind, locator)  # with the mirror's ?ns= and API path
+
+
+def _parse_ratelimit(value: str) -> int | None:
+    """`100;w=21600` -> 100 (Docker Hub's ratelimit-remaining)."""
+    head = value.split(";", 1)[0].strip()
+    return int(head) if head.isdigit() else None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value.strip()), 0.0)
+    except ValueError:
+        return None  # an HTTP-date: rare from registries; fall back to our own backoff
+
+
+def _error_code(body: bytes) -> str:
+    """The registry's error code (`MANIFEST_UNKNOWN`, ...) from a distribution error body, if any."""
+    try:
+        doc = json.loads(body)
+        errors = doc.get("errors") if isinstance(doc, dict) else None
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            return str(errors[0].get("code", ""))
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return ""
+
+
+def _schema1_payload(body: bytes) -> bytes | None:
+    """The signed schema1 payload a registry hashes (the JWS without its signatures), if any."""
+    try:
+        doc = json.loads(body)
+        protected = doc["signatures"][0]["protected"]
+        header = json.loads(base64.urlsafe_b64decode(protected + "=" * (-len(protected) % 4)))
+        length = int(header["formatLength"])
+        tail = header["formatTail"]
+        return body[:length] + base64.urlsafe_b64decode(tail + "=" * (-len(tail) % 4))
+    except (ValueError, KeyError, IndexError, TypeError, binascii.Error):
+        return None
+
+
+def content_digest(body: bytes) -> str:
+    """The digest a registry gives `body`: its sha256, except signed schema1 (payload without signatures)."""
+    if b'"signatures"' in body:
+        payload = _schema1_payload(body)
+        if payload is not None:
+            return manifests.sha256_digest(payload)
+    return manifests.sha256_digest(body)
+
+
+def _verify(body: bytes, digest: str, what: str) -> None:
+    try:
+        manifests.verify_digest(body, digest)
+    except ManifestError:
+        payload = _schema1_payload(body) if b'"signatures"' in body else None
+        if payload is not None and manifests.sha256_digest(payload) == digest:
+            return
+        raise ResolutionError(
+            Reason.INVALID_MANIFEST,
+            f"{what}: the registry sent content whose digest is not {digest} (corrupt or tampered)",
+        ) from None
+
+
+class RegistryClient:
+    """One aiohttp session for all registries. Use `async with`, or call `aclose()`."""
+
+    def __init__(
+        self,
+        settings: RegistrySettings | None = None,
+        *,
+        registries: RegistriesConfig | None = None,
+        guard: HostGuard | None = None,
+        observer: Observer | None = None,
+        insecure: Collection[str] = (),
+        options: ClientOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        settings = settings or RegistrySettings()
+        self.options = options or ClientOptions.from_settings(settings)
+        if registries is None:
+            registries = (
+                RegistriesConfig.from_file(settings.registries_file) if settings.registries_file else EMPTY
+            )
+        self.registries = registries
+        self.insecure = frozenset((*settings.insecure, *insecure))
+        self.guard = guard or HostGuard(
+            allow=settings.allow,
+            deny=settings.deny,
+            refuse_loopback=settings.refuse_loopback,
+            refuse_private=settings.refuse_private,
+        )
+        self.observer = observer
+        self.tokens = TokenCache()
+        self.ratelimit_remaining: dict[str, int] = {}
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._ssl: dict[TLSConfig, ssl.SSLContext | bool] = {}
+        self._default_ssl: ssl.SSLContext | None = None
+        # what each (host, credential identity) asked for last time: pre-authorize the next request
+        self._challenges: dict[tuple[str, str], Challenge] = {}
+
+    # -- lifecycle
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                resolver=GuardedResolver(self.guard), limit=0, ttl_dns_cache=30, enable_cleanup_closed=True
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.options.connect_timeout_seconds),
+                auto_decompress=True,
+                # no proxy from the environment: a proxy would connect where the host guard cannot look
+                trust_env=False,
+            )
+        return self._session
+
+    def _semaphore(self, host: str) -> asyncio.Semaphore:
+        sem = self._semaphores.get(host)
+        if sem is None:
+            sem = self._semaphores[host] = asyncio.Semaphore(self.options.concurrency_per_registry)
+        return sem
+
+    def _ssl_for(self, tls: TLSConfig | None) -> ssl.SSLContext | bool:
+        if tls is None or tls == TLSConfig():
+            if self._default_ssl is None:
+                self._default_ssl = ssl.create_default_context()
+            return self._default_ssl
+        ctx = self._ssl.get(tls)
+        if ctx is None:
+            if tls.insecure_skip_verify:
+                ctx = False  # configured per registry, as k3s does; never a silent fallback
+            else:
+                context = ssl.create_default_context(cafile=tls.ca_file or None)
+                if tls.cert_file:
+                    context.load_cert_chain(tls.cert_file, tls.key_file or None)
+                ctx = context
+            self._ssl[tls] = ctx
+        return ctx
+
+    # -- public operations
+
+    def deadline(self) -> float:
+        """The deadline for one image starting now, on the event loop's clock."""
+        return asyncio.get_running_loop().time() + self.options.timeout_seconds
+
+    async def resolve(
+        self, ref: ImageReference, credentials: Sequence[Credential] = (), *, deadline: float | None = None
+    ) -> ImagePlatforms:
+        """The platforms of `ref`, uncached: HEAD the tag, GET the digest (+ config or nested indexes)."""
+        deadline = self.deadline() if deadline is None else deadline
+        if ref.digest:
+            return await self.fetch(ref, ref.digest, credentials, deadline=deadline)
+        found = await self.lookup(ref, credentials, deadline=deadline)
+        if found.image is not None:
+            return found.image
+        return await self.fetch(ref, found.digest, credentials, deadline=deadline)
+
+    async def lookup(
+        self, ref: ImageReference, credentials: Sequence[Credential] = (), *, deadline: float | None = None
+    ) -> TagLookup:
+        """The digest `ref`'s tag points to now (`ref.digest` if pinned)."""
+        if ref.digest:
+            return TagLookup(ref.digest)
+        deadline = self.deadline() if deadline is None else deadline
+        return await self._over_endpoints(ref, credentials, deadline, self._lookup_at)
+
+    async def fetch(
+        self,
+        ref: ImageReference,
+        digest: str,
+        credentials: Sequence[Credential] = (),
+        *,
+        deadline: float | None = None,
+    ) -> ImagePlatforms:
+        """The platforms of the manifest or index `digest` in `ref`'s repository."""
+        deadline = self.deadline() if deadline is None else deadline
+
+        async def at(attempt: _Attempt) -> ImagePlatforms:
+            return await self._fetch_at(attempt, digest)
+
+        return await self._over_endpoints(ref, credentials, deadline, at)
+
+    # -- endpoints and credentials
+
+    async def _over_endpoints(
+        self,
+        ref: ImageReference,
+        credentials: Sequence[Credential],
+        deadline: float,
+        operation: Callable[[_Attempt], Coroutine[Any, Any, _T]],
+    ) -> _T:
+        image = str(ref)
+        endpoints = self.registries.endpoints_for(ref, self.insecure)
+        last: ResolutionError | None = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                for endpoint in endpoints:
+                    try:
+                        return await self._with_credentials(ref, endpoint, credentials, deadline, operation)
+                    except ResolutionError as e:
+                        if e.reason is Reason.TIMEOUT:
+                            raise
+                        if endpoint.is_mirror:
+                            log.info(
+                                "mirror %s failed for %s (%s); trying the next endpoint",
+                                endpoint.host,
+                                image,
+                                e,
+                            )
+                        last = e
+        except TimeoutError:
+            raise ResolutionError(
+                Reason.TIMEOUT,
+                f"{image}: no complete answer from {ref.registry} within {self.options.timeout_seconds:g}s",
+            ) from None
+        assert last is not None, "endpoints_for always returns the default endpoint"
+        raise last
+
+    async def _with_credentials(
+        self,
+        ref: ImageReference,
+        endpoint: Endpoint,
+        credentials: Sequence[Credential],
+        deadline: float,
+        operation: Callable[[_Attempt], Coroutine[Any, Any, _T]],
+    ) -> _T:
+        try:
+            # The allow list speaks of registries users name (docker.io), not of the hosts that serve
+            # them (registry-1.docker.io, a mirror): those get the deny list and address rules only.
+            self.guard.check_host(ref.registry)
+            self.guard.check_target(endpoint.host)
+        except ResolutionError as e:
+            raise ResolutionError(e.reason, f"{ref}: {e.message}") from None
+        # containerd/kubelet: the configured credential, then each pull secret; anonymous only without any
+        tried: list[Credential | None] = []
+        if endpoint.credential is not None:
+            tried.append(endpoint.credential)
+        tried.extend(c for c in credentials if c not in tried)
+        if not tried:
+            tried.append(None)
+        last_status = 401
+        for credential in tried:
+            try:
+                return await operation(_Attempt(ref, endpoint, credential, deadline))
+            except _UnauthorizedError as e:
+                last_status = e.status
+        how = (
+            "anonymously (the image may be private: give the pod an imagePullSecret)"
+            if tried == [None]
+            else f"with each of the {len(tried)} credential(s) that match it"
+        )
+        raise ResolutionError(
+            Reason.AUTH, f"{ref}: {endpoint.host} refused access (HTTP {last_status}) {how}"
+        )
+
+    # -- the two operations at one endpoint
+
+    async def _lookup_at(self, attempt: _Attempt) -> TagLookup:
+        ref_tag = attempt.ref.tag or "latest"
+        resp = await self._registry_request(attempt, "HEAD", attempt.url("manifests", ref_tag))
+        if resp.status == 200:
+            announced = resp.headers.get("Docker-Content-Digest", "")
+            if _DIGEST.match(announced):
+                return TagLookup(announced)
+        elif resp.status not in (405, 400):  # some proxies refuse HEAD: then GET
+            self._raise_for(attempt, resp, f"tag {ref_tag}")
+        # no usable digest from HEAD: GET by tag; the digest is the hash of what we got
+        resp = await self._registry_request(
+            attempt, "GET", attempt.url("manifests", ref_tag), max_body=manifests.MAX_MANIFEST_BYTES
+        )
+        if resp.status != 200:
+            self._raise_for(attempt, resp, f"tag {ref_tag}")
+        digest = content_digest(resp.body)
+        image = await self._platforms_of(attempt, digest, resp)
+        return TagLookup(digest, image)
+
+    async def _fetch_at(self, attempt: _Attempt, digest: str) -> ImagePlatforms:
+        resp = await self._get_manifest(attempt, digest)
+        return await self._platforms_of(attempt, digest, resp)
+
+    async def _get_manifest(self, attempt: _Attempt, digest: str) -> _Response:
+        resp = await self._registry_request(
+            attempt, "GET", attempt.url("manifests", digest), max_body=manifests.MAX_MANIFEST_BYTES
+        )
+        if resp.status != 200:
+            self._raise_for(attempt, resp, f"manifest {digest}")
+        _verify(resp.body, digest, attempt.image)
+        return resp
+
+    async def _platforms_of(self, attempt: _Attempt, digest: str, resp: _Response) -> ImagePlatforms:
+        document = self._parse(attempt, resp)
+        if isinstance(document, Index):
+            nested = await self._nested_indexes(attempt, document, 1)
+            try:
+                return manifests.platforms_of_index(document, digest, nested)
+            except ManifestError as e:  # a self-referencing or too deeply nested index
+                raise ResolutionError(Reason.INVALID_MANIFEST, f"{attempt.image}: {e}") from None
+        if isinstance(document, manifests.ImageManifest) and document.is_image:
+            config = await self._config_platform(attempt, document.config)
+            return manifests.platforms_of_manifest(document, digest, config)
+        return manifests.platforms_of_manifest(document, digest, None)
+
+    def _parse(self, attempt: _Attempt, resp: _Response) -> manifests.Document:
+        try:
+            return manifests.parse_document(resp.body, resp.headers.get("Content-Type"))
+        except ManifestError as e:
+            raise ResolutionError(
+                Reason.INVALID_MANIFEST,
+                f"{attempt.image}: {attempt.registry} sent an unreadable manifest: {e}",
+            ) from None
+
+    async def _nested_indexes(self, attempt: _Attempt, index: Index, depth: int) -> dict[str, Index]:
+        """Child indexes of `index`, fetched (they carry platforms the parent does not list)."""
+        found: dict[str, Index] = {}
+        for child in index.manifests:
+            if not child.is_index or child.is_attestation or child.digest in found:
+                continue
+            if depth > _MAX_NESTING:
+                raise ResolutionError(
+                    Reason.INVALID_MANIFEST,
+                    f"{attempt.image}: indexes nested more than {_MAX_NESTING} deep at {attempt.registry}",
+                )
+            resp = await self._get_manifest(attempt, child.digest)
+            document = self._parse(attempt, resp)
+            if not isinstance(document, Index):
+                raise ResolutionError(
+                    Reason.INVALID_MANIFEST,
+                    f"{attempt.image}: entry {child.digest} is declared an index but is not one",
+                )
+            found[child.digest] = document
+            found.update(await self._nested_indexes(attempt, document, depth + 1))
+        return found
+
+    async def _config_platform(self, attempt: _Attempt, config: manifests.Descriptor) -> Platform | None:
+        resp = await self._registry_request(
+            attempt, "GET", attempt.url("blobs", config.digest), max_body=MAX_CONFIG_BYTES
+        )
+        if resp.status != 200:
+            self._raise_for(attempt, resp, f"config blob {config.digest}")
+        _verify(resp.body, config.digest, attempt.image)
+        try:
+            return manifests.platform_from_config(resp.body)
+        except ManifestError as e:
+            raise ResolutionError(
+                Reason.INVALID_MANIFEST, f"{attempt.image}: unreadable image config {config.digest}: {e}"
+            ) from None
+
+    def _raise_for(self, attempt: _Attempt, resp: _Response, what: str) -> None:
+        code = _error_code(resp.body)
+        detail = f" ({code})" if code else ""
+        where = f"{attempt.image}: {attempt.registry}"
+        if resp.status == 404:
+            raise ResolutionError(Reason.NOT_FOUND, f"{where} has no {what}{detail} (HTTP 404)")
+        if resp.status == 429:
+            raise ResolutionError(Reason.RATE_LIMITED, f"{where} is rate-limiting us (HTTP 429)")
+        if resp.status in _REDIRECTS:
+            raise ResolutionError(
+                Reason.REGISTRY_ERROR,
+                f"{where}: more than {self.options.max_redirects} redirects for {what} (a redirect loop?)",
+            )
+        raise ResolutionError(
+            Reason.REGISTRY_ERROR, f"{where} answered HTTP {resp.status}{detail} for {what}"
+        )
+
+    # -- authorization
+
+    def _identity(self, attempt: _Attempt) -> str:
+        return attempt.credential.identity if attempt.credential else ""
+
+    async def _authorization(self, attempt: _Attempt, challenge: Challenge) -> str:
+        if challenge.scheme == "basic":
+            if attempt.credential is None:
+                raise _UnauthorizedError(401)
+            return basic_authorization(attempt.credential)
+        realm = urllib.parse.urlsplit(challenge.realm)
+        if realm.scheme == "http" and attempt.endpoint.scheme == "https":
+            raise ResolutionError(
+                Reason.REGISTRY_ERROR,
+                f"{attempt.image}: {attempt.registry} sends us to a token service over plain HTTP "
+                f"({realm.netloc}); refused",
+            )
+        if realm.scheme not in ("http", "https"):
+            raise ResolutionError(
+                Reason.REGISTRY_ERROR, f"{attempt.image}: {attempt.registry} named an unusable token realm"
+            )
+
+        async def send(
+            method: str, url: str, headers: Mapping[str, str], data: bytes | None
+        ) -> tuple[int, bytes]:
+            host = urllib.parse.urlsplit(url).netloc
+            tls = attempt.endpoint.tls if host == attempt.endpoint.host else None
+            resp = await self._send(attempt, method, url, dict(headers), data, _MAX_ERROR_BYTES, tls)
+            return resp.status, resp.body
+
+        try:
+            token = await fetch_token(
+                send,
+                challenge,
+                pull_scope(attempt.endpoint.repository),
+                attempt.credential,
+                self.tokens,
+                self._clock,
+                image=attempt.image,
+            )
+        except ResolutionError as e:
+            if e.reason is Reason.AUTH:
+                raise _UnauthorizedError(401) from None  # this credential is refused: try the next one
+            raise
+        return "Bearer " + token.value
+
+    async def _registry_request(
+        self, attempt: _Attempt, method: str, url: str, *, max_body: int = _MAX_ERROR_BYTES
+    ) -> _Response:
+        """A request to the registry, authorized as it asks; raises _UnauthorizedError when refused."""
+        headers = {"Accept": manifests.ACCEPT}
+        key = (attempt.registry, self._identity(attempt))
+        known = self._challenges.get(key)
+        if known is not None:
+            headers["Authorization"] = await self._authorization(attempt, known)
+        resp = await self._send(attempt, method, url, headers, None, max_body, attempt.endpoint.tls)
+        if resp.status == 401:
+            challenge = pick_challenge(
+                parse_www_authenticate(", ".join(resp.headers.getall("WWW-Authenticate", [])))
+            )
+            if challenge is None:
+                raise _UnauthorizedError(401)
+            if known is not None and challenge == known:
+                if challenge.scheme != "bearer":
+                    raise _UnauthorizedError(401)  # the same Basic credential again: it is refused
+                self.tokens.drop(self._token_key(attempt, challenge))  # revoked or expired early
+            self._challenges[key] = challenge
+            headers["Authorization"] = await self._authorization(attempt, challenge)
+            resp = await self._send(attempt, method, url, headers, None, max_body, attempt.endpoint.tls)
+            if resp.status == 401:
+                raise _UnauthorizedError(401)
+        if resp.status == 403:
+            raise _UnauthorizedError(403)
+        return resp
+
+    def _token_key(self, attempt: _Attempt, challenge: Challenge) -> tuple[str, str, str, str]:
+        return (
+            challenge.realm,
+            challenge.params.get("service", ""),
+            pull_scope(attempt.endpoint.repository),
+            self._identity(attempt),
+        )
+
+    # -- one HTTP exchange: guard, semaphore, redirects, retries, size cap, observation
+
+    async def _send(
+        self,
+        attempt: _Attempt,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        data: bytes | None,
+        max_body: int,
+        tls: TLSConfig | None,
+    ) -> _Response:
+        loop = asyncio.get_running_loop()
+        retries = 0
+        redirects = 0
+        origin = urllib.parse.urlsplit(url).netloc
+        while True:
+            host = urllib.parse.urlsplit(url).netloc
+            try:
+                # The named registry passed check_host in _with_credentials; every host contacted
+                # (endpoint, token realm, blob storage redirect) gets the deny list and address rules.
+                self.guard.check_target(host)
+            except ResolutionError as e:
+                raise ResolutionError(e.reason, f"{attempt.image}: {e.message}") from None
+            try:
+                resp = await self._exchange(attempt, method, url, headers, data, max_body, tls, host)
+            except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
+                raise ResolutionError(
+                    Reason.UNREACHABLE, f"{attempt.image}: TLS with {host} failed: {_short(e)}"
+                ) from None
+            except (aiohttp.ClientError, OSError) as e:
+                if retries >= self.options.max_retries or not self._can_wait(
+                    loop, attempt, self._backoff(retries)
+                ):
+                    raise ResolutionError(
+                        Reason.UNREACHABLE, f"{attempt.image}: cannot reach {host}: {_short(e)}"
+                    ) from None
+                await asyncio.sleep(self._backoff(retries))
+                retries += 1
+                continue
+            if resp.status in _REDIRECTS and "Location" in resp.headers:
+                redirects += 1
+                if redirects > self.options.max_redirects:
+                    return resp  # the caller reports the loop
+                url = urllib.parse.urljoin(url, resp.headers["Location"])
+                if urllib.parse.urlsplit(url).netloc != origin:
+                    # blob storage (S3, GCS) must not see the registry's credentials
+                    headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+                    tls = None
+                if resp.status == 303:
+                    method, data = ("HEAD" if method == "HEAD" else "GET"), None
+                continue
+            if resp.status in _RETRYABLE:
+                wait = _retry_after(resp.headers.get("Retry-After"))
+                if wait is None:
+                    wait = self._backoff(retries)
+                if retries >= self.options.max_retries or not self._can_wait(loop, attempt, wait):
+                    return resp  # the caller maps the status (429 rate-limited, 5xx registry error)
+                await asyncio.sleep(wait)
+                retries += 1
+                continue
+            return resp
+
+    def _backoff(self, retries: int) -> float:
+        return float(min(self.options.backoff_seconds * (2**retries), 2.0))
+
+    @staticmethod
+    def _can_wait(loop: asyncio.AbstractEventLoop, attempt: _Attempt, seconds: float) -> bool:
+        return loop.time() + seconds < attempt.deadline
+
+    async def _exchange(
+        self,
+        attempt: _Attempt,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        data: bytes | None,
+        max_body: int,
+        tls: TLSConfig | None,
+        host: str,
+    ) -> _Response:
+        scheme = urllib.parse.urlsplit(url).scheme
+        ssl_arg = self._ssl_for(tls) if scheme == "https" else True
+        started = time.perf_counter()
+        status: int | None = None
+        try:
+            async with (
+                self._semaphore(host),
+                self._http().request(
+                    method, url, headers=headers, data=data, allow_redirects=False, ssl=ssl_arg
+                ) as resp,
+            ):
+                status = resp.status
+                self._note_ratelimit(attempt.registry, resp.headers)
+                body = b""
+                if method != "HEAD":
+                    cap = max_body if status == 200 else min(max_body, _MAX_ERROR_BYTES)
+                    body = await self._read_capped(attempt, resp, cap, url)
+                return _Response(status, resp.headers, body, url)
+        finally:
+            if self.observer is not None:
+                self.observer.on_request(attempt.registry, method, status, time.perf_counter() - started)
+
+    async def _read_capped(
+        self, attempt: _Attempt, resp: aiohttp.ClientResponse, cap: int, url: str
+    ) -> bytes:
+        declared = resp.content_length
+        if resp.status == 200 and declared is not None and declared > cap:
+            raise ResolutionError(
+                Reason.INVALID_MANIFEST,
+                f"{attempt.image}: {attempt.registry} announces {declared} bytes, more than the "
+                f"{cap}-byte limit for {_what(url)}",
+            )
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in resp.content.iter_chunked(65536):
+            total += len(chunk)
+            if total > cap:
+                if resp.status != 200:
+                    break  # an error page: its head is enough
+                raise ResolutionError(
+                    Reason.INVALID_MANIFEST,
+                    f"{attempt.image}: {attempt.registry} sent more than the {cap}-byte limit "
+                    f"for {_what(url)}",
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _note_ratelimit(self, registry: str, headers: Mapping[str, str]) -> None:
+        value = headers.get("ratelimit-remaining")
+        if value is None:
+            return
+        remaining = _parse_ratelimit(value)
+        if remaining is None:
+            return
+        self.ratelimit_remaining[registry] = remaining
+        if self.observer is not None:
+            self.observer.on_ratelimit(registry, remaining)
+
+
+def _what(url: str) -> str:
+    path = urllib.parse.urlsplit(url).path
+    return "a manifest" if "/manifests/" in path else "a blob" if "/blobs/" in path else "this response"
+
+
+def _short(e: BaseException) -> str:
+    """An exception in one line, without credentials (aiohttp messages carry host:port and OS errors only)."""
+    if isinstance(e, aiohttp.ClientConnectorError):
+        # aiohttp's own text embeds the repr of its SSLContext; the OS error is what people need.
+        return f"{e.os_error.strerror or e.os_error}" if e.os_error else type(e).__name__
+    text = str(e) or type(e).__name__
+    return text.splitlines()[0][:200]
