@@ -10,8 +10,12 @@
 # Output: ${ARCHAUDIT_CACHE:-~/.cache/archaudit}/bin/<pins>/ ; prints that directory on the last line.
 # Idempotent: a binary already built for the same pins is not rebuilt.
 #
-# Measured on the `polyglot` machine (2 cores, 24 GiB), see the closing notes in the README:
-#   cold build of everything: see BENCHMARKS.md ("control-plane build"); warm: < 1 s.
+# Measured on the `polyglot` machine (2 cores, 24 GiB, Go 1.26.8), cold (empty GOCACHE), under
+# `/usr/bin/time -v`, 2026-11-28:
+#   everything: 13 min 56 s wall (user 1167 s + sys 260 s, 170 % CPU); peak RSS 1.9 GB (1 910 952 kB,
+#   the largest single compile/link process), so the default -p is fine on this box. Per step:
+#   etcd 2 min 10 s, kwok 2 min 24 s, helm 2 min 19 s, Kubernetes (4 binaries) 7 min 3 s.
+#   Leaves ~4.2 GB in GOCACHE and 415 MB of binaries. Warm (all cached): < 1 s.
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.36.3}
@@ -20,7 +24,9 @@ KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 
 CACHE=${ARCHAUDIT_CACHE:-$HOME/.cache/archaudit}
-PINS="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+# RECIPE changes when the build flags change (not only the pins), so a cache never serves stale binaries.
+RECIPE=2
+PINS="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_r${RECIPE}"
 BIN="$CACHE/bin/$PINS"
 WORK="$CACHE/build"
 mkdir -p "$BIN" "$WORK"
@@ -80,26 +86,36 @@ build_kwok() {
   else
     log "kwok $KWOK_VERSION: cached"
   fi
-  # v0.8.0 ships no built-in stages out of cluster: assemble the ones we need from the module source.
-  if [ ! -s "$BIN/kwok-stages.yaml" ]; then
-    local src
-    src=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
-    : >"$BIN/kwok-stages.yaml.tmp"
-    for f in node-fast/node-initialize.yaml node-heartbeat-with-lease/node-heartbeat-with-lease.yaml \
-             pod-fast/pod-ready.yaml pod-fast/pod-complete.yaml pod-fast/pod-delete.yaml; do
-      [ -f "$src/kustomize/stage/$f" ] || continue
-      { echo "---"; cat "$src/kustomize/stage/$f"; } >>"$BIN/kwok-stages.yaml.tmp"
-    done
-    mv "$BIN/kwok-stages.yaml.tmp" "$BIN/kwok-stages.yaml"
-  fi
+  # v0.8.0 ships no built-in stages out of cluster: assemble the ones we need from the module source
+  # (kustomize/stage/<kind>/<set>/<stage>.yaml). Regenerated on every run (cheap), so a change of this
+  # list or of the pin never leaves a stale file behind; a missing stage is an error, not a skip.
+  local src f stages=(
+    node/fast/node-initialize.yaml                               # conditions Ready, addresses, nodeInfo
+    node/heartbeat-with-lease/node-heartbeat-with-lease.yaml     # status refresh; kwok renews the Lease
+    pod/fast/pod-ready.yaml                                      # scheduled pod -> Running, IP, Ready
+    pod/fast/pod-complete.yaml                                   # Job pods -> Succeeded
+    pod/fast/pod-delete.yaml                                     # deletionTimestamp -> gone
+  )
+  src=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  : >"$BIN/kwok-stages.yaml.tmp"
+  for f in "${stages[@]}"; do
+    [ -f "$src/kustomize/stage/$f" ] || { log "kwok stage $f not found in $src/kustomize/stage"; exit 1; }
+    { echo "---"; cat "$src/kustomize/stage/$f"; echo; } >>"$BIN/kwok-stages.yaml.tmp"
+  done
+  mv "$BIN/kwok-stages.yaml.tmp" "$BIN/kwok-stages.yaml"
 }
 
 build_helm() {
   have helm && { log "helm $HELM_VERSION: cached"; return; }
   log "helm $HELM_VERSION: building"
-  GOBIN="$BIN" go install -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  # Offline `helm template`/`lint` assume this Kubernetes version (helm's Makefile stamps it the same
+  # way); unstamped, Go-built helm says v1.20 and the chart's kubeVersion check refuses to render.
+  local minor ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  minor=$(echo "$K8S_VERSION" | cut -d. -f2)
+  for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ld+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$minor"
+  done
+  GOBIN="$BIN" go install -trimpath -ldflags "$ld" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
 start=$(date +%s)

@@ -1,0 +1,92 @@
+"""Small synchronous helpers over the official `kubernetes` client for e2e tests.
+
+Why: tests should read as "this pod lands there", not as API plumbing; and every wait on the cluster
+is a condition with a deadline (`wait_until`), never a sleep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, cast
+
+from kubernetes import client
+
+from tests.harness.procs import wait_until
+
+__all__ = [
+    "create_namespace",
+    "pod_manifest",
+    "pods",
+    "scheduling_failure",
+    "wait_pods",
+]
+
+POD_WAIT_SECONDS = 90.0
+
+
+def create_namespace(api: client.ApiClient, name: str, labels: Mapping[str, str] | None = None) -> None:
+    """Create a namespace and wait for its default ServiceAccount, without which pods are refused."""
+    core = client.CoreV1Api(api)
+    meta = client.V1ObjectMeta(name=name, labels=dict(labels or {}))
+    core.create_namespace(client.V1Namespace(metadata=meta))
+    wait_until(
+        lambda: core.read_namespaced_service_account("default", name),
+        timeout=60,
+        what=f"ServiceAccount default in namespace {name}",
+    )
+
+
+def pod_manifest(
+    name: str,
+    *,
+    image: str = "registry.example/pause:3.10",
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: list[dict[str, str]] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A minimal pod. kwok never pulls images, so any well-formed reference will do."""
+    spec: dict[str, Any] = {"containers": [{"name": "main", "image": image}]}
+    if node_selector:
+        spec["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        spec["tolerations"] = tolerations
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": dict(labels or {"app": name})},
+        "spec": spec,
+    }
+
+
+def pods(api: client.ApiClient, namespace: str, selector: str = "") -> list[Any]:
+    return list(client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items)
+
+
+def wait_pods(
+    api: client.ApiClient,
+    namespace: str,
+    selector: str,
+    *,
+    count: int,
+    phase: str = "Running",
+    timeout: float = POD_WAIT_SECONDS,
+) -> list[Any]:
+    """Wait until exactly `count` pods match `selector` and all are in `phase`; return them."""
+
+    def settled() -> list[Any] | None:
+        found = [p for p in pods(api, namespace, selector) if p.metadata.deletion_timestamp is None]
+        if len(found) == count and all(p.status.phase == phase for p in found):
+            return found
+        return None
+
+    found = wait_until(settled, timeout=timeout, what=f"{count} pod(s) {selector} {phase} in {namespace}")
+    return cast(list[Any], found)
+
+
+def scheduling_failure(api: client.ApiClient, namespace: str, name: str) -> str | None:
+    """The scheduler's message when it refused the pod (PodScheduled=False/Unschedulable), else None."""
+    pod = client.CoreV1Api(api).read_namespaced_pod(name, namespace)
+    for cond in (pod.status.conditions if pod.status else None) or []:
+        if cond.type == "PodScheduled" and cond.status == "False" and cond.reason == "Unschedulable":
+            return str(cond.message)
+    return None
