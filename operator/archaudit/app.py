@@ -1,0 +1,375 @@
+"""`archaudit run`: one process serving the admission webhook, the auditor and /metrics.
+
+Start-up order matters for the "never take the cluster down" promise: the node and namespace maps are
+listed and the TLS certificate is in place before /readyz turns green, so a replica only receives
+admission traffic once it can answer correctly. Every replica serves the webhook; a Lease decides the
+single replica that writes audit reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from archaudit import __version__, certs, config, kube, metrics, webhook
+from archaudit.context import Context, NodeMap
+from archaudit.registry.credentials import Keyring, keyring_from_docker_config
+from archaudit.resolver import Resolver
+
+__all__ = ["build_parser", "main", "settings_from_args"]
+
+log = logging.getLogger("archaudit")
+
+
+# --- configuration: one flag per Settings field ----------------------------------------------------
+
+
+def _flag(section: str, field: str) -> str:
+    return f"--{section}-{field}".replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="archaudit run",
+        description="Run the archaudit operator: admission webhook, auditor and metrics. Every option "
+        "can also be set in the environment as ARCHAUDIT_<SECTION>_<FIELD> (flags win).",
+    )
+    parser.add_argument(
+        "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then KUBECONFIG)"
+    )
+    defaults = config.Settings()
+    for section in dataclasses.fields(defaults):
+        group = parser.add_argument_group(f"{section.name} options")
+        current = getattr(defaults, section.name)
+        for f in dataclasses.fields(current):
+            value = getattr(current, f.name)
+            env = f"ARCHAUDIT_{section.name.upper()}_{f.name.upper()}"
+            shown = ",".join(value) if isinstance(value, tuple) else value
+            kind = "comma-separated list" if isinstance(value, tuple) else type(value).__name__
+            group.add_argument(
+                _flag(section.name, f.name),
+                dest=f"{section.name}__{f.name}",
+                default=None,
+                metavar=kind.upper().split()[0] if not isinstance(value, bool) else "BOOL",
+                help=f"{kind}; env {env}; default {shown!r}",
+            )
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> config.Settings:
+    """Defaults, then environment, then flags."""
+    base = config.from_env(env)
+    flags = {
+        f"ARCHAUDIT_{key.replace('__', '_', 1).upper()}": value
+        for key, value in vars(args).items()
+        if "__" in key and value is not None
+    }
+    return config.from_env(flags, base=base)
+
+
+def configure_logging(settings: config.LogSettings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.format == "json":
+
+        class _Json(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                return json.dumps(
+                    {
+                        "time": self.formatTime(record),
+                        "level": record.levelname,
+                        "logger": record.name,
+                        "message": record.getMessage(),
+                    }
+                )
+
+        handler.setFormatter(_Json())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.level.upper(), handlers=[handler], force=True)
+    logging.getLogger("kopf").setLevel(max(logging.INFO, logging.getLevelName(settings.level.upper())))
+
+
+# --- the webhook server: kopf's, with malformed reviews answered 400 --------------------------------
+
+
+class WebhookServer(kopf.WebhookServer):
+    """kopf's TLS webhook server, with a check that turns malformed AdmissionReviews into 400s.
+
+    kopf answers a body without `request` or `request.resource` with a 500 from deep inside; the
+    apiserver never sends that, but anything else that reaches the port might, and it must get a
+    clear client error instead of a stack trace.
+    """
+
+    @staticmethod
+    async def _serve(fn: Any, request: Any) -> Any:
+        from aiohttp import web
+
+        problem = await _malformed(request)
+        if problem:
+            return web.json_response({"error": problem}, status=400)
+        return await kopf.WebhookServer._serve(fn, request)
+
+
+async def _malformed(request: Any) -> str | None:
+    try:
+        data = json.loads(await request.text())
+    except (ValueError, UnicodeDecodeError):
+        return "the body is not JSON"
+    if not isinstance(data, dict):
+        return "the body is not a JSON object"
+    if data.get("kind") != "AdmissionReview":
+        return "kind must be AdmissionReview"
+    req = data.get("request")
+    if not isinstance(req, dict):
+        return "request is missing"
+    for key in ("uid", "resource", "operation", "userInfo"):
+        if key not in req:
+            return f"request.{key} is missing"
+    resource = req.get("resource")
+    if not isinstance(resource, dict) or not all(k in resource for k in ("group", "version", "resource")):
+        return "request.resource must have group, version and resource"
+    if not isinstance(req.get("object"), dict) and not isinstance(req.get("oldObject"), dict):
+        return "request.object is missing"
+    return None
+
+
+# --- the operator ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Runtime:
+    settings: config.Settings
+    api: kube.KubeApi
+    ctx: Context
+    metrics: metrics.Metrics
+    elector: kube.LeaseElector
+    stop: asyncio.Event
+    tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
+
+    def ready(self) -> bool:
+        return self.ctx.nodes.filled.is_set() and self.ctx.certificate_loaded.is_set()
+
+
+def _cluster_keyring(settings: config.Settings) -> Keyring:
+    path = os.environ.get("ARCHAUDIT_DOCKER_CONFIG", "")
+    if not path:
+        return Keyring()
+    return keyring_from_docker_config(Path(path).read_bytes())
+
+
+def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    settings = rt.settings
+    ctx = rt.ctx
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A registry of our own does not get kopf's default login handlers: in-cluster service
+        # account first (as load_client), then the kubeconfig.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # we write our own Events, deliberately and deduplicated
+        settings.networking.request_timeout = 30
+        settings.watching.server_timeout = 300
+        settings.admission.server = await _webhook_server(rt)
+        ctx.nodes.replace_all(await rt.api.list_nodes())
+        ctx.namespaces.update(
+            {
+                ns["metadata"]["name"]: ns["metadata"].get("labels") or {}
+                for ns in await rt.api.list_namespaces()
+            }
+        )
+        ctx.namespaces_filled.set()
+        rt.tasks.append(asyncio.create_task(rt.elector.run(rt.stop), name="leader-election"))
+        log.info(
+            "archaudit %s started: %d nodes, mode %s",
+            __version__,
+            len(ctx.nodes),
+            rt.settings.webhook.default_mode,
+        )
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        rt.stop.set()
+        for task in rt.tasks:
+            task.cancel()
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    async def node_event(event: Mapping[str, Any], **_: Any) -> None:
+        obj = event.get("object") or {}
+        name = obj.get("metadata", {}).get("name")
+        if not name:
+            return
+        if event.get("type") == "DELETED":
+            ctx.nodes.remove(name)
+        else:
+            ctx.nodes.upsert(obj)
+
+    @kopf.on.event("", "v1", "namespaces", registry=registry)
+    async def namespace_event(event: Mapping[str, Any], **_: Any) -> None:
+        obj = event.get("object") or {}
+        name = obj.get("metadata", {}).get("name")
+        if not name:
+            return
+        if event.get("type") == "DELETED":
+            ctx.namespaces.pop(name, None)
+        else:
+            ctx.namespaces[name] = obj.get("metadata", {}).get("labels") or {}
+
+    def on_review(kind: str, operation: str, outcome: webhook.ReviewOutcome, seconds: float) -> None:
+        decision = "error" if seconds < 0 else outcome.label
+        rt.metrics.observe_admission(kind, operation, outcome.mode.value, decision, max(seconds, 0.0))
+
+    def on_warning_event(obj: Mapping[str, Any], outcome: webhook.ReviewOutcome) -> None:
+        task = asyncio.create_task(_admission_event(rt.api, obj, outcome))
+        rt.tasks.append(task)
+        task.add_done_callback(lambda t: rt.tasks.remove(t) if t in rt.tasks else None)
+
+    webhook.register(registry, lambda: ctx, on_review=on_review, on_warning_event=on_warning_event)
+    if settings.audit.enabled:
+        from archaudit import audit
+
+        audit.register(registry, lambda: ctx)
+    return registry
+
+
+async def _admission_event(api: kube.KubeApi, obj: Mapping[str, Any], outcome: webhook.ReviewOutcome) -> None:
+    meta = obj.get("metadata", {})
+    namespace = meta.get("namespace") or "default"
+    name = meta.get("name") or meta.get("generateName") or "unnamed"
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = {
+        "metadata": {"generateName": f"{name}.archaudit.", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion", ""),
+            "kind": obj.get("kind", ""),
+            "name": name,
+            "namespace": namespace,
+            **({"uid": meta["uid"]} if meta.get("uid") else {}),
+        },
+        "reason": "ImageArchMismatch",
+        "type": "Warning",
+        "message": "; ".join(outcome.warnings)[:1024],
+        "source": {"component": "archaudit-webhook"},
+        "reportingComponent": "archaudit.io/webhook",
+        "reportingInstance": socket.gethostname(),
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    try:
+        await api.create_event(namespace, body)
+    except Exception as e:  # an Event is a courtesy; its failure must not surface anywhere else
+        log.debug("could not create an event for %s/%s: %s", namespace, name, e)
+
+
+async def _webhook_server(rt: Runtime) -> WebhookServer:
+    ws = rt.settings.webhook
+    if ws.tls_mode == "files":
+        if not (ws.cert_file and ws.key_file):
+            raise SystemExit("webhook.tls_mode=files needs --webhook-cert-file and --webhook-key-file")
+        rt.ctx.certificate_loaded.set()
+        return WebhookServer(
+            addr=ws.host, port=ws.port, path="/validate", certfile=ws.cert_file, pkeyfile=ws.key_file
+        )
+    if ws.tls_mode != "self":
+        raise SystemExit(f"webhook.tls_mode must be 'self' or 'files', not {ws.tls_mode!r}")
+    namespace = rt.settings.cluster.namespace
+    hosts = certs.dns_names(ws.service_name, namespace) + list(ws.extra_sans)
+    material = await certs.ensure_secret(rt.api, namespace=namespace, name=ws.tls_secret, hosts=hosts)
+    cert, key, _ca = certs.write_files(material, Path(ws.cert_dir))
+    rt.tasks.append(asyncio.create_task(_keep_ca_bundle(rt, material), name="ca-bundle"))
+    rt.ctx.certificate_loaded.set()
+    return WebhookServer(addr=ws.host, port=ws.port, path="/validate", certfile=str(cert), pkeyfile=str(key))
+
+
+async def _keep_ca_bundle(rt: Runtime, material: certs.TLSMaterial) -> None:
+    """Patch our caBundle into the webhook configuration, and again whenever someone resets it."""
+    name = rt.settings.webhook.configuration_name
+    while not rt.stop.is_set():
+        try:
+            if not await rt.api.patch_webhook_ca_bundle(name, material.ca_bundle):
+                log.warning("ValidatingWebhookConfiguration %s not found; will retry", name)
+        except Exception as e:
+            log.warning("cannot patch the caBundle of %s: %s", name, e)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rt.stop.wait(), timeout=60)
+
+
+async def run(settings: config.Settings, *, kubeconfig: str | None = None) -> None:
+    client = kube.load_client(kubeconfig)
+    api = kube.KubeApi(client)
+    state = metrics.MutableState()
+    exported = metrics.Metrics(state)
+    resolver = Resolver.from_settings(settings.registry, observer=exported)
+    stats = resolver.stats
+    state.resolver_cache_from = lambda: {
+        name: (counter.hits, counter.misses)
+        for name, counter in (
+            ("tag", stats.tag),
+            ("platforms", stats.platforms),
+            ("negative", stats.negative),
+        )
+    }
+    nodes = NodeMap(
+        runtime_profile=settings.cluster.runtime_profile, containerd_pull=settings.cluster.containerd_pull
+    )
+    state.nodes_from = lambda: collections.Counter(str(n.platform) for n in nodes.all())
+    credentials = kube.PullSecretCredentials(api, extra=_cluster_keyring(settings))
+    stop = asyncio.Event()
+    elector = kube.LeaseElector(
+        api,
+        namespace=settings.cluster.namespace,
+        name="archaudit-auditor",
+        identity=socket.gethostname() + f"-{os.getpid()}",
+    )
+    ctx = Context(
+        settings=settings,
+        resolver=resolver,
+        nodes=nodes,
+        credentials=credentials,
+        metrics=state,
+        is_leader=elector.is_leader,
+    )
+    rt = Runtime(settings=settings, api=api, ctx=ctx, metrics=exported, elector=elector, stop=stop)
+    registry = build_registry(rt)
+    runner = await metrics.start_metrics_server(
+        settings.metrics.host, settings.metrics.port, exported.registry, health=lambda: True, ready=rt.ready
+    )
+    try:
+        await kopf.operator(registry=registry, clusterwide=True, standalone=True, stop_flag=stop)
+    finally:
+        stop.set()
+        await runner.cleanup()
+        await resolver.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as e:
+        print(f"archaudit run: {e}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log)
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    asyncio.run(run(settings, kubeconfig=args.kubeconfig))
+    return 0

@@ -1,0 +1,102 @@
+"""What the kopf handlers share: settings, the resolver, the live node map, credentials, metrics state.
+
+One `Context` is built at start-up by app.py and handed to webhook.py and audit.py, so neither reaches
+for globals and both see the same node map and caches. Leadership (which replica audits) is a plain
+callable here; app.py decides it with a coordination.k8s.io Lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from archaudit.config import Settings
+from archaudit.registry.credentials import Credential
+from archaudit.scheduling import Node, node_from_object, virtual_nodes
+
+__all__ = ["Context", "CredentialSource", "NodeMap"]
+
+log = logging.getLogger(__name__)
+
+
+class CredentialSource(Protocol):
+    """Pull credentials for a pod: its imagePullSecrets, then its service account's (kube.py)."""
+
+    async def for_pod(
+        self, namespace: str, pod_spec: Mapping[str, Any], image: Any
+    ) -> Sequence[Credential]: ...
+
+
+class NodeMap:
+    """The live set of nodes, kept by a node watch; small values only (scheduling.Node)."""
+
+    def __init__(self, *, runtime_profile: str = "", containerd_pull: str = "") -> None:
+        self._nodes: dict[str, Node] = {}
+        self._runtime_profile = runtime_profile
+        self._containerd_pull = containerd_pull
+        self.filled = asyncio.Event()  # set once the initial listing is in
+
+    def _node(self, obj: Mapping[str, Any]) -> Node | None:
+        try:
+            return node_from_object(
+                obj, runtime_profile=self._runtime_profile, containerd_pull=self._containerd_pull
+            )
+        except ValueError as e:
+            # A node without os/arch labels or nodeInfo cannot be judged; it must not break the map.
+            log.warning("node %s ignored: %s", obj.get("metadata", {}).get("name"), e)
+            return None
+
+    def upsert(self, obj: Mapping[str, Any]) -> Node | None:
+        node = self._node(obj)
+        if node is not None:
+            self._nodes[node.name] = node
+        return node
+
+    def remove(self, name: str) -> None:
+        self._nodes.pop(name, None)
+
+    def replace_all(self, objs: Iterable[Mapping[str, Any]]) -> None:
+        fresh = {}
+        for obj in objs:
+            node = self._node(obj)
+            if node is not None:
+                fresh[node.name] = node
+        self._nodes = fresh
+        self.filled.set()
+
+    def get(self, name: str) -> Node | None:
+        return self._nodes.get(name)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def all(self) -> list[Node]:
+        return list(self._nodes.values())
+
+
+@dataclass
+class Context:
+    settings: Settings
+    resolver: Any  # archaudit.resolver.Resolver (Any keeps this module free of the resolver's imports)
+    nodes: NodeMap
+    credentials: CredentialSource
+    metrics: Any  # archaudit.metrics.MutableState
+    is_leader: Callable[[], bool] = lambda: True
+    extra_nodes: list[Node] = field(default_factory=list)
+    # namespace -> its labels (archaudit.io/mode, archaudit.io/ignore), kept by a namespace watch
+    namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)
+    namespaces_filled: asyncio.Event = field(default_factory=asyncio.Event)
+    certificate_loaded: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        forced = self.settings.cluster.runtime_profile
+        self.extra_nodes = virtual_nodes(
+            self.settings.cluster.platforms, profiles=(forced,) if forced else ("containerd",)
+        )
+
+    def schedulable_universe(self) -> list[Node]:
+        """Real nodes plus the configured cluster platforms of nodes that do not exist yet."""
+        return self.nodes.all() + self.extra_nodes

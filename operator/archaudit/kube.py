@@ -1,0 +1,258 @@
+"""The few Kubernetes API calls kopf does not make for us, as small async functions.
+
+The official `kubernetes` client is synchronous; every call here runs in a worker thread
+(`asyncio.to_thread`) with a request timeout, so a slow apiserver never blocks the event loop that
+serves admission reviews. Objects come back as plain API-shaped dicts (camelCase, as in the
+AdmissionReview), not as the client's model classes, so the pure core reads both alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from archaudit.reference import ImageReference
+from archaudit.registry.credentials import Credential, Keyring, keyring_from_secret
+
+__all__ = ["KubeApi", "LeaseElector", "PullSecretCredentials", "load_client"]
+
+log = logging.getLogger(__name__)
+_TIMEOUT = (3.05, 10)  # (connect, read) seconds for every call
+
+
+def load_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or the flag)."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    return kubernetes.client.ApiClient(configuration)
+
+
+class KubeApi:
+    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        self.client = client
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.admission = kubernetes.client.AdmissionregistrationV1Api(client)
+        self.coordination = kubernetes.client.CoordinationV1Api(client)
+
+    @staticmethod
+    def _raw(response: Any) -> Any:
+        return json.loads(response.data)
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("_request_timeout", _TIMEOUT)
+        kwargs.setdefault("_preload_content", False)
+        response = await asyncio.to_thread(fn, *args, **kwargs)
+        return self._raw(response)
+
+    async def _get_or_none(self, fn: Any, *args: Any) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self._call(fn, *args)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return result
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = (await self._call(self.core.list_node))["items"]
+        return items
+
+    async def list_namespaces(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = (await self._call(self.core.list_namespace))["items"]
+        return items
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._get_or_none(self.core.read_namespaced_secret, name, namespace)
+
+    async def read_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._get_or_none(self.core.read_namespaced_service_account, name, namespace)
+
+    async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(self.core.create_namespaced_secret, namespace, body)
+        return result
+
+    async def replace_secret(self, namespace: str, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(self.core.replace_namespaced_secret, name, namespace, body)
+        return result
+
+    async def read_webhook_configuration(self, name: str) -> dict[str, Any] | None:
+        return await self._get_or_none(self.admission.read_validating_webhook_configuration, name)
+
+    async def patch_webhook_ca_bundle(self, name: str, ca_bundle_b64: str) -> bool:
+        """Set caBundle on every webhook of the configuration; False when it does not exist (yet)."""
+        current = await self.read_webhook_configuration(name)
+        if current is None:
+            return False
+        hooks = current.get("webhooks") or []
+        if all(h.get("clientConfig", {}).get("caBundle") == ca_bundle_b64 for h in hooks):
+            return True
+        patch = {
+            "webhooks": [
+                {"name": h["name"], "clientConfig": {**h.get("clientConfig", {}), "caBundle": ca_bundle_b64}}
+                for h in hooks
+            ]
+        }
+        # A strategic-merge patch keyed by webhook name keeps every other field as the chart set it.
+        await self._call(self.admission.patch_validating_webhook_configuration, name, patch)
+        return True
+
+    async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
+        await self._call(self.core.create_namespaced_event, namespace, body)
+
+
+class PullSecretCredentials:
+    """Credentials the kubelet would use for a pod: its imagePullSecrets, then its service account's.
+
+    Secrets and service accounts are cached for `ttl` seconds: a burst of pods from one Deployment reads
+    each secret once. A secret we may not read (RBAC value off) or that is malformed is skipped, as the
+    kubelet skips it; the image is then tried anonymously.
+    """
+
+    def __init__(self, api: KubeApi, *, ttl: float = 30.0, extra: Keyring | None = None) -> None:
+        self.api = api
+        self.ttl = ttl
+        self.extra = extra or Keyring()
+        self._cache: dict[tuple[str, str, str], tuple[float, Any]] = {}
+        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+
+    async def _cached(self, kind: str, namespace: str, name: str) -> Any:
+        key = (kind, namespace, name)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] > time.monotonic():
+                return hit[1]
+            value: Any
+            try:
+                if kind == "secret":
+                    obj = await self.api.read_secret(namespace, name)
+                    value = keyring_from_secret(obj) if obj is not None else Keyring()
+                else:
+                    value = await self.api.read_service_account(namespace, name)
+            except ApiException as e:
+                log.warning(
+                    "cannot read %s %s/%s (HTTP %s): using no credentials from it",
+                    kind,
+                    namespace,
+                    name,
+                    e.status,
+                )
+                value = Keyring() if kind == "secret" else None
+            except Exception as e:
+                log.warning(
+                    "cannot read %s %s/%s (%s): using no credentials from it",
+                    kind,
+                    namespace,
+                    name,
+                    type(e).__name__,
+                )
+                value = Keyring() if kind == "secret" else None
+            self._cache[key] = (time.monotonic() + self.ttl, value)
+            return value
+
+    async def keyring_for_pod(self, namespace: str, pod_spec: Mapping[str, Any]) -> Keyring:
+        names = [s.get("name", "") for s in pod_spec.get("imagePullSecrets") or [] if s.get("name")]
+        sa_name = pod_spec.get("serviceAccountName") or pod_spec.get("serviceAccount") or "default"
+        sa = await self._cached("serviceaccount", namespace, sa_name)
+        if sa:
+            names += [s.get("name", "") for s in sa.get("imagePullSecrets") or [] if s.get("name")]
+        keyring = Keyring()
+        for name in dict.fromkeys(names):
+            keyring = keyring + await self._cached("secret", namespace, name)
+        return keyring + self.extra
+
+    async def for_pod(
+        self, namespace: str, pod_spec: Mapping[str, Any], image: ImageReference
+    ) -> Sequence[Credential]:
+        return (await self.keyring_for_pod(namespace, pod_spec)).lookup(image)
+
+
+class LeaseElector:
+    """Leader election on a coordination.k8s.io Lease: with 2+ replicas exactly one audits.
+
+    Every replica serves the webhook; only the holder of the Lease writes ImageAudits and Events.
+    A holder that stops renewing loses the Lease after `duration` seconds.
+    """
+
+    def __init__(
+        self, api: KubeApi, *, namespace: str, name: str, identity: str, duration: float = 15.0
+    ) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.duration = duration
+        self.leading = False
+        self.changed = asyncio.Event()
+
+    def is_leader(self) -> bool:
+        return self.leading
+
+    def _now(self) -> str:
+        return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    async def try_acquire(self) -> bool:
+        coord = self.api.coordination
+        now = self._now()
+        spec = {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": int(self.duration),
+            "renewTime": now,
+        }
+        lease = await self.api._get_or_none(coord.read_namespaced_lease, self.name, self.namespace)
+        try:
+            if lease is None:
+                body = {"metadata": {"name": self.name}, "spec": {**spec, "acquireTime": now}}
+                await self.api._call(coord.create_namespaced_lease, self.namespace, body)
+                return True
+            current = lease.get("spec", {})
+            holder = current.get("holderIdentity")
+            renew = current.get("renewTime")
+            expired = True
+            if renew:
+                renewed = dt.datetime.fromisoformat(renew.replace("Z", "+00:00"))
+                age = (dt.datetime.now(dt.UTC) - renewed).total_seconds()
+                expired = age > float(current.get("leaseDurationSeconds") or self.duration)
+            if holder != self.identity and not expired:
+                return False
+            if holder != self.identity:
+                spec["acquireTime"] = now
+            lease["spec"] = {**current, **spec}
+            # resourceVersion in the body makes this a compare-and-swap: two replicas cannot both win.
+            await self.api._call(coord.replace_namespaced_lease, self.name, self.namespace, lease)
+            return True
+        except ApiException as e:
+            if e.status in (409, 422):
+                return False
+            raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                leading = await self.try_acquire()
+            except Exception as e:
+                log.warning("leader election: %s", e)
+                leading = False
+            if leading != self.leading:
+                self.leading = leading
+                log.info("leader election: %s", "leading" if leading else "standing by")
+                self.changed.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.duration / 3)

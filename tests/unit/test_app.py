@@ -1,0 +1,140 @@
+"""`archaudit run` configuration and the webhook server's answer to malformed AdmissionReviews."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from tests.harness.certs import TestCA
+
+from archaudit import app, config
+
+
+def test_every_setting_has_a_flag_that_names_its_environment_variable() -> None:
+    help_text = app.build_parser().format_help()
+    defaults = config.Settings()
+    import dataclasses
+
+    for section in dataclasses.fields(defaults):
+        for field in dataclasses.fields(getattr(defaults, section.name)):
+            flag = f"--{section.name}-{field.name}".replace("_", "-")
+            env = f"ARCHAUDIT_{section.name.upper()}_{field.name.upper()}"
+            assert flag in help_text, flag
+            assert env in help_text, env
+
+
+def test_flags_override_environment_which_overrides_defaults() -> None:
+    args = app.build_parser().parse_args(
+        ["--webhook-port", "9443", "--cluster-platforms", "linux/arm64,linux/amd64"]
+    )
+    settings = app.settings_from_args(
+        args, env={"ARCHAUDIT_WEBHOOK_PORT": "7443", "ARCHAUDIT_LOG_LEVEL": "DEBUG"}
+    )
+    assert settings.webhook.port == 9443
+    assert settings.cluster.platforms == ("linux/arm64", "linux/amd64")
+    assert settings.log.level == "DEBUG"
+    assert settings.webhook.default_mode == config.WebhookSettings().default_mode
+
+
+def test_a_bad_value_names_the_variable() -> None:
+    with pytest.raises(ValueError, match="ARCHAUDIT_WEBHOOK_PORT"):
+        config.from_env({"ARCHAUDIT_WEBHOOK_PORT": "eighty"})
+    with pytest.raises(ValueError, match="ARCHAUDIT_AUDIT_ENABLED"):
+        config.from_env({"ARCHAUDIT_AUDIT_ENABLED": "maybe"})
+
+
+@pytest.fixture
+async def webhook_url(tmp_path: Path) -> AsyncIterator[tuple[str, ssl.SSLContext, list[Any]]]:
+    """archaudit's WebhookServer on a loopback port; the kopf side is a recorder that allows."""
+    ca = TestCA(tmp_path)
+    pair = ca.issue("webhook")
+    seen: list[Any] = []
+
+    async def fn(data: Any, **_: Any) -> Any:
+        seen.append(data)
+        return {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {"uid": data["request"]["uid"], "allowed": True},
+        }
+
+    server = app.WebhookServer(
+        addr="127.0.0.1", port=0, path="/validate", certfile=str(pair.cert), pkeyfile=str(pair.key)
+    )
+    gen = server(fn)
+    client_config = await gen.__anext__()
+    client_ctx = ssl.create_default_context(cafile=str(ca.cert_path))
+    try:
+        yield client_config["url"], client_ctx, seen
+    finally:
+        await gen.aclose()
+
+
+def review(**overrides: Any) -> dict[str, Any]:
+    request = {
+        "uid": "7f0b2891-916f-4ed6-b7cd-27bff1815a8c",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "operation": "CREATE",
+        "userInfo": {"username": "admin"},
+        "object": {"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": []}},
+    }
+    request.update(overrides)
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+
+MALFORMED: list[tuple[str, bytes, str]] = [
+    ("not json", b"{nope", "not JSON"),
+    ("a list", b"[]", "not a JSON object"),
+    ("wrong kind", json.dumps({"kind": "Pod"}).encode(), "kind must be AdmissionReview"),
+    ("no request", json.dumps({"kind": "AdmissionReview"}).encode(), "request is missing"),
+    (
+        "no uid",
+        json.dumps({"kind": "AdmissionReview", "request": {"resource": {}}}).encode(),
+        "request.uid is missing",
+    ),
+    ("bad resource", json.dumps(review(resource="pods")).encode(), "request.resource"),
+    ("no object", json.dumps(review(object=None)).encode(), "request.object is missing"),
+    ("binary", bytes(range(256)), "not JSON"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "expected"), MALFORMED, ids=[m[0] for m in MALFORMED])
+async def test_malformed_review_gets_400_with_a_reason(
+    webhook_url: tuple[str, ssl.SSLContext, list[Any]], case: str, body: bytes, expected: str
+) -> None:
+    url, ctx, seen = webhook_url
+    async with aiohttp.ClientSession() as session, session.post(f"{url}/pods", data=body, ssl=ctx) as resp:
+        assert resp.status == 400, case
+        assert expected in (await resp.json())["error"]
+    assert seen == []  # never reached the handlers
+
+
+async def test_well_formed_review_reaches_the_handlers(
+    webhook_url: tuple[str, ssl.SSLContext, list[Any]],
+) -> None:
+    url, ctx, seen = webhook_url
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/pods", json=review(), ssl=ctx) as resp,
+    ):
+        assert resp.status == 200
+        assert (await resp.json())["response"]["allowed"] is True
+    assert len(seen) == 1
+
+
+async def test_server_keeps_serving_after_garbage(webhook_url: tuple[str, ssl.SSLContext, list[Any]]) -> None:
+    url, ctx, _seen = webhook_url
+    async with aiohttp.ClientSession() as session:
+        results = await asyncio.gather(
+            *[session.post(f"{url}/pods", data=b"\x00" * 1000, ssl=ctx) for _ in range(20)]
+        )
+        assert {r.status for r in results} == {400}
+        async with session.post(f"{url}/pods", json=review(), ssl=ctx) as resp:
+            assert resp.status == 200
