@@ -347,6 +347,7 @@ async def run(settings: config.Settings, *, kubeconfig: str | None = None) -> No
         credentials=credentials,
         metrics=state,
         is_leader=elector.is_leader,
+        api=api,
     )
     rt = Runtime(settings=settings, api=api, ctx=ctx, metrics=exported, elector=elector, stop=stop)
     registry = build_registry(rt)

@@ -85,6 +85,7 @@ class Context:
     credentials: CredentialSource
     metrics: Any  # archaudit.metrics.MutableState
     is_leader: Callable[[], bool] = lambda: True
+    api: Any = None  # archaudit.kube.KubeApi, shared so the auditor does not build a second client
     extra_nodes: list[Node] = field(default_factory=list)
     # namespace -> its labels (archaudit.io/mode, archaudit.io/ignore), kept by a namespace watch
     namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)

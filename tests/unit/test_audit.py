@@ -1,0 +1,226 @@
+"""The auditor's bookkeeping: which watch events make work, and how a pod finds its workload.
+
+The watch handlers only touch memory, so they are driven directly with API-shaped dicts. Owner reads
+are injected into the OwnerCache as an async function over a dict of objects (I/O injection): the
+same code then runs against the apiserver in tests/e2e/test_audit.py.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from archaudit.audit import Auditor, pod_record
+from archaudit.auditstore import OwnerCache
+from archaudit.reports import EvidenceKind, WorkloadRef
+
+
+def _pod(name: str = "web-1", *, owner: dict[str, Any] | None = None, node: str = "") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "shop", "uid": f"uid-{name}"}
+    if owner:
+        meta["ownerReferences"] = [{**owner, "controller": True}]
+    spec: dict[str, Any] = {
+        "containers": [{"name": "app", "image": "acme/app:1", "env": [{"name": "A", "value": "1"}]}],
+        "initContainers": [{"name": "setup", "image": "acme/setup:1"}],
+        "nodeSelector": {"kubernetes.io/arch": "arm64"},
+        "volumes": [{"name": "data", "emptyDir": {}}],
+    }
+    if node:
+        spec["nodeName"] = node
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": {"phase": "Pending"}}
+
+
+RS_REF = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7c9", "uid": "uid-rs"}
+
+
+def _auditor() -> Auditor:
+    def no_context() -> Any:
+        raise AssertionError("watch handlers must not need the context")
+
+    return Auditor(no_context)
+
+
+def test_pod_record_keeps_only_what_the_audit_reads() -> None:
+    record = pod_record(_pod(owner=RS_REF, node="arm64-1"))
+    assert [(c.name, c.image) for c in record.containers] == [
+        ("app", "acme/app:1"),
+        ("setup", "acme/setup:1"),
+    ]
+    assert record.spec == {"nodeSelector": {"kubernetes.io/arch": "arm64"}}
+    assert record.node_name == "arm64-1"
+    assert record.parent == ("shop", "uid-rs")
+    assert pod_record(_pod()).parent == ("shop", "uid-web-1")  # a bare pod is its own workload
+
+
+def test_pod_record_reads_runtime_evidence() -> None:
+    obj = _pod()
+    obj["status"]["containerStatuses"] = [
+        {
+            "name": "app",
+            "state": {"waiting": {"reason": "ErrImagePull", "message": "no match for platform in manifest"}},
+        }
+    ]
+    (evidence,) = pod_record(obj).evidence
+    assert (evidence.container, evidence.kind) == ("app", EvidenceKind.NO_PLATFORM_MATCH)
+
+
+def test_only_pod_changes_that_matter_make_work() -> None:
+    auditor = _auditor()
+    obj = _pod(owner=RS_REF)
+    auditor.on_pod(None, obj)
+    assert auditor.dirty == {("shop", "uid-rs")}
+    auditor.dirty.clear()
+
+    ready = copy.deepcopy(obj)
+    ready["status"] = {"phase": "Running", "podIP": "10.244.0.7", "conditions": [{"type": "Ready"}]}
+    auditor.on_pod("MODIFIED", ready)
+    assert auditor.dirty == set(), "readiness and IPs say nothing about platforms"
+
+    scheduled = copy.deepcopy(ready)
+    scheduled["spec"]["nodeName"] = "arm64-1"
+    auditor.on_pod("MODIFIED", scheduled)
+    assert auditor.dirty == {("shop", "uid-rs")}
+    auditor.dirty.clear()
+
+    auditor.on_pod("DELETED", scheduled)
+    assert auditor.dirty == {("shop", "uid-rs")}
+    assert auditor.pods == {}
+    assert auditor.by_parent[("shop", "uid-rs")] == set()
+
+
+def _node(labels: dict[str, str], heartbeat: str = "t0", unschedulable: bool = False) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "arm64-1", "labels": labels},
+        "spec": {"unschedulable": unschedulable},
+        "status": {
+            "nodeInfo": {
+                "architecture": "arm64",
+                "operatingSystem": "linux",
+                "containerRuntimeVersion": "containerd://2.1.4",
+            },
+            "conditions": [{"type": "Ready", "lastHeartbeatTime": heartbeat}],
+        },
+    }
+
+
+def _makes_work(auditor: Auditor, event_type: str | None, node: dict[str, Any]) -> bool:
+    auditor.full_due = False
+    auditor.on_node(event_type, node)
+    return auditor.full_due
+
+
+def test_node_heartbeats_make_no_work_but_label_changes_do() -> None:
+    auditor = _auditor()
+    labels = {"kubernetes.io/arch": "arm64"}
+    pull_local = {**labels, "archaudit.io/containerd-pull": "local"}
+    assert _makes_work(auditor, None, _node(labels))  # a node joins
+    assert not _makes_work(auditor, "MODIFIED", _node(labels, heartbeat="t1"))
+    assert _makes_work(auditor, "MODIFIED", _node(pull_local, heartbeat="t2"))
+    assert _makes_work(auditor, "MODIFIED", _node(pull_local, unschedulable=True))  # cordoned
+    assert _makes_work(auditor, "DELETED", _node(labels))  # a node leaves
+
+
+def test_events_bring_evidence_to_the_pods_workload() -> None:
+    auditor = _auditor()
+    auditor.on_pod(None, _pod(owner=RS_REF))
+    auditor.dirty.clear()
+    event = {
+        "metadata": {"namespace": "shop"},
+        "involvedObject": {
+            "kind": "Pod",
+            "name": "web-1",
+            "namespace": "shop",
+            "fieldPath": "spec.containers{app}",
+        },
+        "message": "exec /app: exec format error",
+    }
+    auditor.on_kube_event(event)
+    assert auditor.dirty == {("shop", "uid-rs")}
+    auditor.dirty.clear()
+    auditor.on_kube_event(event)  # the same evidence again (the kubelet repeats itself)
+    assert auditor.dirty == set()
+    assert len(auditor.event_evidence[("shop", "web-1")]) == 1
+
+
+# --- owners ---------------------------------------------------------------------------------------
+
+
+class Objects:
+    """An in-memory owner source counting its reads, injected into OwnerCache."""
+
+    def __init__(self, *objects: dict[str, Any]) -> None:
+        self.objects = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects}
+        self.reads: list[tuple[str, str, str]] = []
+
+    async def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads.append((kind, namespace, name))
+        return self.objects.get((kind, namespace, name))
+
+
+def _object(kind: str, name: str, uid: str, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+    api = {"ReplicaSet": "apps/v1", "Job": "batch/v1"}[kind]
+    meta: dict[str, Any] = {"name": name, "namespace": "shop", "uid": uid}
+    if owner:
+        meta["ownerReferences"] = [{**owner, "controller": True}]
+    return {"apiVersion": api, "kind": kind, "metadata": meta, "spec": {"big": "x" * 1000}}
+
+
+DEPLOY_REF = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "uid-deploy"}
+
+
+async def test_pods_of_a_deployment_read_their_replicaset_once() -> None:
+    source = Objects(_object("ReplicaSet", "web-7c9", "uid-rs", owner=DEPLOY_REF))
+    cache = OwnerCache(source.read)
+    for i in range(50):
+        ref = await cache.workload_of(_pod(f"web-{i}", owner=RS_REF))
+        assert ref == WorkloadRef("apps/v1", "Deployment", "web", "uid-deploy", "shop")
+    assert source.reads == [("ReplicaSet", "shop", "web-7c9")]
+    assert "spec" not in (cache.lookup("ReplicaSet", "shop", "web-7c9") or {}), "only metadata is kept"
+
+
+async def test_job_of_a_cronjob() -> None:
+    cron = {"apiVersion": "batch/v1", "kind": "CronJob", "name": "nightly", "uid": "uid-cron"}
+    job_ref = {"apiVersion": "batch/v1", "kind": "Job", "name": "nightly-290", "uid": "uid-job"}
+    source = Objects(_object("Job", "nightly-290", "uid-job", owner=cron))
+    ref = await OwnerCache(source.read).workload_of(_pod("nightly-290-x", owner=job_ref))
+    assert ref == WorkloadRef("batch/v1", "CronJob", "nightly", "uid-cron", "shop")
+
+
+@pytest.mark.parametrize(
+    ("owner", "expected"),
+    [
+        ({"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "u"}, ("StatefulSet", "db")),
+        ({"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent", "uid": "u"}, ("DaemonSet", "agent")),
+        ({"apiVersion": "batch/v1", "kind": "Job", "name": "once", "uid": "uid-once"}, ("Job", "once")),
+        (
+            {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "r", "uid": "u"},
+            ("Rollout", "r"),
+        ),
+        (None, ("Pod", "web-1")),
+    ],
+)
+async def test_top_level_workloads(owner: dict[str, Any] | None, expected: tuple[str, str]) -> None:
+    source = Objects(_object("Job", "once", "uid-once"))
+    ref = await OwnerCache(source.read).workload_of(_pod(owner=owner))
+    assert (ref.kind, ref.name) == expected
+    assert ref.uid == (owner["uid"] if owner else "uid-web-1")
+    assert all(kind == "Job" for kind, _ns, _name in source.reads), "only ReplicaSets and Jobs are read"
+
+
+async def test_a_namesake_replicaset_is_not_the_owner() -> None:
+    # The ReplicaSet the pod names was deleted and a new one took its name: do not follow the stranger.
+    source = Objects(_object("ReplicaSet", "web-7c9", "uid-other", owner=DEPLOY_REF))
+    ref = await OwnerCache(source.read).workload_of(_pod(owner=RS_REF))
+    assert ref == WorkloadRef("apps/v1", "ReplicaSet", "web-7c9", "uid-rs", "shop")
+
+
+async def test_owner_cache_expires() -> None:
+    now = [0.0]
+    source = Objects(_object("ReplicaSet", "web-7c9", "uid-rs", owner=DEPLOY_REF))
+    cache = OwnerCache(source.read, ttl=60, clock=lambda: now[0])
+    await cache.workload_of(_pod(owner=RS_REF))
+    now[0] = 61.0
+    await cache.workload_of(_pod(owner=RS_REF))
+    assert len(source.reads) == 2
