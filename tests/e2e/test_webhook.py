@@ -20,7 +20,13 @@ from kubernetes.client.exceptions import ApiException
 from tests.conftest import Seeded
 from tests.harness.cluster import Cluster
 from tests.harness.kube import create_namespace
-from tests.harness.operator import NAMESPACE, WEBHOOK_CONFIG, Operator, webhook_configuration
+from tests.harness.operator import (
+    NAMESPACE,
+    WEBHOOK_CONFIG,
+    Operator,
+    ensure_namespace,
+    webhook_configuration,
+)
 from tests.harness.procs import free_port, wait_until
 
 
@@ -87,7 +93,7 @@ def blackhole() -> Iterator[Blackhole]:
 def operator(
     cluster: Cluster, plain_registry: Seeded, blackhole: Blackhole, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
-    create_namespace(cluster.admin, NAMESPACE)
+    ensure_namespace(cluster.admin, NAMESPACE)
     insecure = f"{plain_registry.registry.host},127.0.0.1:{blackhole.port}"
     op = Operator(
         kubeconfig=cluster.kubeconfig,
@@ -108,7 +114,7 @@ def operator(
 def _wait_for_webhook(cluster: Cluster, registry: Seeded, op: Operator) -> None:
     """The apiserver picks configuration changes up after a moment: wait until a canary is denied."""
     canary_ns = "archaudit-canary"
-    create_namespace(cluster.admin, canary_ns)
+    ensure_namespace(cluster.admin, canary_ns)
     core = client.CoreV1Api(cluster.admin)
     bad = pod("canary", registry.samples["amd64-docker"].reference, **ARM64_ONLY)
 

@@ -8,11 +8,15 @@ into the ValidatingWebhookConfiguration — the same code path a cluster install
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tests.harness.procs import Service, free_port, wait_until
 
@@ -160,3 +164,124 @@ class Operator:
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, default=str)
+
+
+def ensure_namespace(api: Any, name: str, labels: Mapping[str, str] | None = None) -> None:
+    """Create `name` unless it exists (several test modules share the operator's namespace)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": dict(labels or {})}}
+    try:
+        client.CoreV1Api(api).create_namespace(body)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+
+
+# --- the operator as the chart installs it ------------------------------------------------------------
+# Shared by tests/e2e/test_chart_install.py and `make demo`: the chart is installed in url mode
+# (replicaCount 0) and `archaudit run` runs on the host with the environment the chart's Deployment
+# would give it and the chart's ServiceAccount token, so a gap in the chart's RBAC shows up as a 403.
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "archaudit"
+# What differs between the chart's pod and a process on the host: where it listens and writes files.
+_HOST_KEYS = (
+    "KUBECONFIG",
+    "ARCHAUDIT_WEBHOOK_HOST",
+    "ARCHAUDIT_WEBHOOK_PORT",
+    "ARCHAUDIT_WEBHOOK_CERT_DIR",
+    "ARCHAUDIT_METRICS_HOST",
+    "ARCHAUDIT_METRICS_PORT",
+)
+
+
+def helm(
+    bin_dir: Path, *args: str, kubeconfig: Path, home: Path, timeout: float = 180.0
+) -> subprocess.CompletedProcess[str]:
+    """Run the pinned helm against `kubeconfig`, with its cache and config kept under `home`."""
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+    argv = [str(bin_dir / "helm"), *args, "--kubeconfig", str(kubeconfig)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def manifest_documents(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def chart_env(documents: Sequence[Mapping[str, Any]], *, namespace: str) -> dict[str, str]:
+    """The operator's environment as the chart's Deployment sets it, the pod's namespace filled in."""
+    (deployment,) = [d for d in documents if d.get("kind") == "Deployment"]
+    (main,) = deployment["spec"]["template"]["spec"]["containers"]
+    env: dict[str, str] = {}
+    for item in main.get("env") or []:
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            env[item["name"]] = namespace
+        else:
+            raise ValueError(f"cannot run {item['name']} from {item.get('valueFrom')} out of cluster")
+    return env
+
+
+def adopt_chart_env(op: Operator, env: Mapping[str, str], **extra: str) -> Operator:
+    """Give a not yet started `op` the chart's environment, keeping its own host ports and files.
+
+    The webhook certificate also names 127.0.0.1, the address the apiserver calls in url mode.
+    """
+    assert op.service.env is not None
+    assert op.service.proc is None, "adopt_chart_env before start()"
+    mine = {key: op.service.env[key] for key in _HOST_KEYS}
+    op.service.env = {**op.service.env, **env, **mine, "ARCHAUDIT_WEBHOOK_EXTRA_SANS": "127.0.0.1", **extra}
+    return op
+
+
+def service_account_kubeconfig(
+    admin_kubeconfig: Path,
+    *,
+    namespace: str,
+    name: str,
+    path: Path,
+    expiration_seconds: int = 3600,
+) -> Path:
+    """A kubeconfig that authenticates as ServiceAccount `namespace/name` with a TokenRequest token.
+
+    The same kind of bound token the kubelet mounts into the chart's pod; server and CA come from
+    the admin kubeconfig.
+    """
+    from kubernetes import client, config  # the e2e side and the demo only
+
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    api = config.new_client_from_config(config_file=str(admin_kubeconfig))  # type: ignore[no-untyped-call]
+    try:
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=expiration_seconds)
+        )
+        answer = client.CoreV1Api(api).create_namespaced_service_account_token(name, namespace, request)
+    finally:
+        api.close()
+    assert answer.status is not None, "TokenRequest answered without a token"
+    user = f"system:serviceaccount:{namespace}:{name}"
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "archaudit", "cluster": cluster}],
+        "users": [{"name": user, "user": {"token": answer.status.token}}],
+        "contexts": [{"name": "archaudit", "context": {"cluster": "archaudit", "user": user}}],
+        "current-context": "archaudit",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(yaml.safe_dump(kubeconfig))
+    return path
+
+
+def forbidden_lines(log_text: str) -> list[str]:
+    """Log lines that report an API call refused by RBAC."""
+    return [line for line in log_text.splitlines() if "403" in line or "forbidden" in line.lower()]
