@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import fnmatch
 import json
 import logging
 import socket
@@ -29,7 +28,7 @@ from typing import Any
 
 import kopf
 
-from archaudit import reports, scheduling, workloads
+from archaudit import policy, reports, scheduling, workloads
 from archaudit.auditstore import AuditStore, controller_ref
 from archaudit.context import Context
 from archaudit.errors import InvalidReference, Reason, ResolutionError
@@ -42,8 +41,6 @@ __all__ = ["Auditor", "register"]
 
 log = logging.getLogger(__name__)
 
-MODE_LABEL = "archaudit.io/mode"
-IGNORE_LABEL = "archaudit.io/ignore"
 _LEADER_POLL_SECONDS = 5.0
 _RETRY_SECONDS = 30.0  # a workload whose audit failed (apiserver hiccup) is tried again this soon
 _RESOLVE_GUARD_SECONDS = 60.0  # beyond the resolver's own deadline: a stuck lookup must not stall a pass
@@ -411,7 +408,7 @@ class Auditor:
             candidates = memo.get(spec_key)
             if candidates is None:
                 candidates = memo[spec_key] = tuple(scheduling.candidates(pod.spec, universe))
-            containers = tuple(c for c in pod.containers if not _exempt(c.image, exempt))
+            containers = tuple(c for c in pod.containers if not policy.image_exempt(c.image, exempt))
             if not containers:
                 continue
             node = ctx.nodes.get(pod.node_name) if pod.node_name else None
@@ -419,10 +416,13 @@ class Auditor:
         return facts
 
     def _audited_namespace(self, ctx: Context, namespace: str) -> bool:
-        if namespace in ctx.settings.webhook.exempt_namespaces:
-            return False
-        labels = ctx.namespaces.get(namespace, {})
-        return IGNORE_LABEL not in labels and labels.get(MODE_LABEL) != "off"
+        mode = policy.namespace_mode(
+            namespace,
+            ctx.namespaces.get(namespace, {}),
+            default=ctx.settings.webhook.default_mode,
+            exempt=ctx.settings.webhook.exempt_namespaces,
+        )
+        return mode is not None and mode is not policy.Mode.OFF
 
     def _count_mismatches(self, namespace: str, audit: reports.Audit) -> None:
         """Count each observed runtime mismatch once, however many resyncs still see it."""
@@ -462,16 +462,6 @@ class Auditor:
 def _api_of(ctx: Context) -> KubeApi:
     api = getattr(ctx, "api", None)
     return api if isinstance(api, KubeApi) else KubeApi(load_client())
-
-
-def _exempt(image: str, patterns: Sequence[str]) -> bool:
-    if not patterns:
-        return False
-    try:
-        normalized = str(parse_reference(image))
-    except InvalidReference:
-        normalized = image
-    return any(fnmatch.fnmatchcase(normalized, p) or fnmatch.fnmatchcase(image, p) for p in patterns)
 
 
 async def _resolve_image(ctx: Context, pod: _Pod, image: str) -> Resolved:

@@ -22,12 +22,14 @@ warnings (no "Warning:" prefix, one problem each). Pure: no I/O.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+import fnmatch
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from archaudit.errors import ResolutionError
+from archaudit.errors import InvalidReference, ResolutionError
 from archaudit.manifests import ImagePlatforms
 from archaudit.platforms import LABEL_ARCH, Fit, Platform
+from archaudit.reference import parse as parse_reference
 from archaudit.scheduling import Node
 
 __all__ = [
@@ -295,3 +297,35 @@ def _provides(platforms: Sequence[Platform]) -> str:
 
 def _platforms(nodes: Sequence[Node]) -> str:
     return ", ".join(sorted({str(n.platform) for n in nodes}))
+
+
+# --- which namespaces and images are checked at all ------------------------------------------------
+
+MODE_LABEL = "archaudit.io/mode"  # as Pod Security Admission's pod-security.kubernetes.io/enforce
+IGNORE_LABEL = "archaudit.io/ignore"
+
+
+def namespace_mode(
+    name: str, labels: Mapping[str, str], *, default: str, exempt: Collection[str] = ()
+) -> Mode | None:
+    """The mode of a namespace, or None when it is exempt (listed, or labelled archaudit.io/ignore).
+
+    An unknown label value falls back to the default: a typo must not switch enforcement off.
+    """
+    if name in exempt or IGNORE_LABEL in labels:
+        return None
+    try:
+        return Mode(labels.get(MODE_LABEL, default))
+    except ValueError:
+        return Mode(default)
+
+
+def image_exempt(image: str, patterns: Sequence[str]) -> bool:
+    """Does an fnmatch pattern match the image as written or in its normalized form?"""
+    if not patterns:
+        return False
+    try:
+        normalized = str(parse_reference(image))
+    except InvalidReference:
+        normalized = image
+    return any(fnmatch.fnmatchcase(normalized, p) or fnmatch.fnmatchcase(image, p) for p in patterns)

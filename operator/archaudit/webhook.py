@@ -10,7 +10,6 @@ policy (the verdict and its words); the resolver does the registry I/O. Two prom
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,8 +40,6 @@ WORKLOAD_RESOURCES: tuple[tuple[str, str, str], ...] = (
     ("batch", "v1", "cronjobs"),
     ("", "v1", "replicationcontrollers"),
 )
-MODE_LABEL = "archaudit.io/mode"
-IGNORE_LABEL = "archaudit.io/ignore"
 
 
 @dataclass(frozen=True)
@@ -63,18 +60,16 @@ class ReviewOutcome:
 
 def namespace_mode(ctx: Context, namespace: str) -> policy.Mode | None:
     """The namespace's mode, or None when the namespace is exempt."""
-    if namespace in ctx.settings.webhook.exempt_namespaces:
-        return None
     labels = ctx.namespaces.get(namespace, {})
-    if IGNORE_LABEL in labels:
-        return None
-    raw = labels.get(MODE_LABEL, ctx.settings.webhook.default_mode)
-    try:
-        return policy.Mode(raw)
-    except ValueError:
-        # A typo in a namespace label must not silently switch enforcement off: fall back to default.
-        log.warning("namespace %s: unknown %s=%r, using the default mode", namespace, MODE_LABEL, raw)
-        return policy.Mode(ctx.settings.webhook.default_mode)
+    raw = labels.get(policy.MODE_LABEL)
+    if raw is not None and raw not in policy.Mode.__members__.values():
+        log.warning("namespace %s: unknown %s=%r, using the default mode", namespace, policy.MODE_LABEL, raw)
+    return policy.namespace_mode(
+        namespace,
+        labels,
+        default=ctx.settings.webhook.default_mode,
+        exempt=ctx.settings.webhook.exempt_namespaces,
+    )
 
 
 def images_to_check(
@@ -102,17 +97,6 @@ def images_to_check(
     if subresource == "ephemeralcontainers":
         changed = [c for c in changed if c[0] == "ephemeralContainers"]
     return changed
-
-
-def _exempt(ctx: Context, image: str) -> bool:
-    patterns = ctx.settings.webhook.exempt_images
-    if not patterns:
-        return False
-    try:
-        normalized = str(parse_reference(image))
-    except InvalidReference:
-        normalized = image
-    return any(fnmatch.fnmatchcase(normalized, p) or fnmatch.fnmatchcase(image, p) for p in patterns)
 
 
 async def _resolve_one(
@@ -174,7 +158,8 @@ async def review(
         # A ReplicaSet made by a Deployment (a Job by a CronJob): its template was judged at the owner,
         # and its pods are judged one by one; a second warning would go to a controller nobody reads.
         return ReviewOutcome(True, "", (), mode, None)
-    entries = [e for e in images_to_check(obj, old, subresource) if not _exempt(ctx, e[2])]
+    exempt = ctx.settings.webhook.exempt_images
+    entries = [e for e in images_to_check(obj, old, subresource) if not policy.image_exempt(e[2], exempt)]
     if not entries:
         return ReviewOutcome(True, "", (), mode, None)
     spec = workloads.pod_spec_of(obj) or {}

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from archaudit import policy
 from archaudit.errors import Reason, ResolutionError
 from archaudit.manifests import ImagePlatforms, PlatformEntry
 from archaudit.platforms import Fit, Platform
@@ -428,3 +429,40 @@ def test_decision_is_a_value() -> None:
     assert isinstance(a, Decision)
     assert a == b
     assert hash(a) == hash(b)
+
+
+# --- namespace modes and image exemptions ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "labels", "exempt", "expected"),
+    [
+        ("shop", {}, (), policy.Mode.ENFORCE),
+        ("shop", {"archaudit.io/mode": "warn"}, (), policy.Mode.WARN),
+        ("shop", {"archaudit.io/mode": "audit"}, (), policy.Mode.AUDIT),
+        ("shop", {"archaudit.io/mode": "off"}, (), policy.Mode.OFF),
+        ("shop", {"archaudit.io/mode": "enforec"}, (), policy.Mode.ENFORCE),  # a typo keeps the default
+        ("shop", {"archaudit.io/ignore": ""}, (), None),
+        ("shop", {"archaudit.io/ignore": "false", "archaudit.io/mode": "warn"}, (), None),  # presence counts
+        ("batch", {"archaudit.io/mode": "warn"}, ("batch",), None),
+    ],
+)
+def test_namespace_mode(
+    name: str, labels: dict[str, str], exempt: tuple[str, ...], expected: policy.Mode | None
+) -> None:
+    assert policy.namespace_mode(name, labels, default="enforce", exempt=exempt) is expected
+
+
+@pytest.mark.parametrize(
+    ("image", "patterns", "expected"),
+    [
+        ("busybox", ("docker.io/library/busybox:*",), True),  # matched in its normalized form
+        ("busybox:1.36", ("busybox:*",), True),  # or as written
+        ("ghcr.io/acme/api:1.2", ("ghcr.io/acme/*",), True),
+        ("ghcr.io/acme/api:1.2", ("ghcr.io/other/*",), False),
+        ("ghcr.io/acme/api:1.2", (), False),
+        ("Not/A:Reference!", ("Not/*",), True),  # invalid references still match as written
+    ],
+)
+def test_image_exempt(image: str, patterns: tuple[str, ...], expected: bool) -> None:
+    assert policy.image_exempt(image, patterns) is expected
