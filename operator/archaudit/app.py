@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,10 @@ def configure_logging(settings: config.LogSettings) -> None:
         handler.setFormatter(_Json())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_QuietDenials())
     logging.basicConfig(level=settings.level.upper(), handlers=[handler], force=True)
+    # One access-log line per admission review costs more than the review itself at cluster scale.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("kopf").setLevel(max(logging.INFO, logging.getLevelName(settings.level.upper())))
 
 
@@ -106,12 +109,23 @@ def configure_logging(settings: config.LogSettings) -> None:
 
 
 class WebhookServer(kopf.WebhookServer):
-    """kopf's TLS webhook server, with a check that turns malformed AdmissionReviews into 400s.
+    """kopf's TLS webhook server, with two additions.
 
-    kopf answers a body without `request` or `request.resource` with a 500 from deep inside; the
-    apiserver never sends that, but anything else that reaches the port might, and it must get a
-    clear client error instead of a stack trace.
+    - Malformed AdmissionReviews get a 400 with the reason: kopf answers a body without `request` or
+      `request.resource` with a 500 from deep inside; the apiserver never sends that, but anything else
+      that reaches the port might, and it must get a clear client error instead of a stack trace.
+    - `listening` is set once the port accepts connections: /readyz waits for it, so a new replica is
+      not sent admission traffic it would refuse.
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.listening = asyncio.Event()
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        async for client_config in super().__call__(fn):
+            self.listening.set()  # kopf yields only after its site has started
+            yield client_config
 
     @staticmethod
     async def _serve(fn: Any, request: Any) -> Any:
@@ -121,6 +135,13 @@ class WebhookServer(kopf.WebhookServer):
         if problem:
             return web.json_response({"error": problem}, status=400)
         return await kopf.WebhookServer._serve(fn, request)
+
+
+class _QuietDenials(logging.Filter):
+    """kopf logs every denial as ERROR "Webhook ... failed permanently"; a denial is a normal answer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "failed permanently" in record.getMessage())
 
 
 async def _malformed(request: Any) -> str | None:
@@ -158,9 +179,15 @@ class Runtime:
     elector: kube.LeaseElector
     stop: asyncio.Event
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
+    server: WebhookServer | None = None
 
     def ready(self) -> bool:
-        return self.ctx.nodes.filled.is_set() and self.ctx.certificate_loaded.is_set()
+        return (
+            self.ctx.nodes.filled.is_set()
+            and self.ctx.certificate_loaded.is_set()
+            and self.server is not None
+            and self.server.listening.is_set()
+        )
 
 
 def _cluster_keyring(settings: config.Settings) -> Keyring:
@@ -186,7 +213,7 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         settings.posting.enabled = False  # we write our own Events, deliberately and deduplicated
         settings.networking.request_timeout = 30
         settings.watching.server_timeout = 300
-        settings.admission.server = await _webhook_server(rt)
+        rt.server = settings.admission.server = await _webhook_server(rt)
         ctx.nodes.replace_all(await rt.api.list_nodes())
         ctx.namespaces.update(
             {

@@ -21,6 +21,7 @@ This module is pure: it contains no I/O code whatsoever (tested in tests/unit/te
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -357,6 +358,15 @@ def fit(
     """
     if not profiles:
         raise ValueError("fit needs at least one runtime profile")
+    return _fit(node, tuple(candidates), tuple(profiles))
+
+
+# Every admission review asks this for each (node platform, image entries, profiles): a cluster has a
+# handful of node platforms and images are few, so the answers repeat. All inputs are frozen values.
+@functools.lru_cache(maxsize=16384)
+def _fit(
+    node: Platform, candidates: tuple[Platform | None, ...], profiles: tuple[str, ...]
+) -> tuple[Fit, int | None]:
     for position, profile in enumerate(profiles):
         index = select(node, candidates, profile)
         if index is not None:

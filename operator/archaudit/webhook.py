@@ -224,6 +224,7 @@ def register(
         if outcome.warnings and outcome.allowed and not dryrun and on_warning_event is not None:
             on_warning_event(body, outcome)
         if not outcome.allowed:
+            log.info("denied %s %s/%s: %s", kind, namespace, _name(body), outcome.message)
             raise kopf.AdmissionError(outcome.message, code=403)
 
     @kopf.on.validate(
