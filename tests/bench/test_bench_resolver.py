@@ -21,9 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import Seeded
-from tests.harness.faultproxy import FaultProxy
-from tests.harness.registry import seed_many
 
 from archaudit.manifests import ImagePlatforms, PlatformEntry
 from archaudit.platforms import Platform
@@ -31,6 +28,9 @@ from archaudit.reference import ImageReference
 from archaudit.registry.client import TagLookup
 from archaudit.registry.credentials import Credential
 from archaudit.resolver import Resolver
+from tests.conftest import Seeded
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.registry import seed_many
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
+
 from tests.harness.cluster import Cluster
 from tests.harness.kube import create_namespace
 

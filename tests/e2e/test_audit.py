@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
 from tests.conftest import Seeded
 from tests.harness.cluster import REPO, Cluster
 from tests.harness.kube import pod_manifest, wait_pods

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+
 from tests.harness.cluster import FAKE_NODES, Cluster, FakeNode
 from tests.harness.kube import pod_manifest, pods, scheduling_failure, wait_pods
 from tests.harness.procs import wait_until

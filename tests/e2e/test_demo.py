@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import yaml
-from tests.harness.demo import DEMO_NAMESPACE, DemoState, alive, down, status, up
+
+from tests.harness.demo import DEMO_NAMESPACE, DENIED_EXAMPLE, DemoState, alive, denials, down, status, up
 from tests.harness.procs import wait_until
 
 
@@ -49,6 +51,33 @@ def test_demo_up_reuses_and_down_cleans(tmp_path: Path) -> None:
         }
         registry_env = _sourced(env_file, "echo $ARCHAUDIT_REGISTRY").strip()
         assert registry_env == first.registry
+
+        # archaudit runs: the amd64-only example's pods were refused at admission, none exists
+        refused = [d for d in denials(first) if d.startswith(f"ReplicaSet/{DENIED_EXAMPLE}-")]
+        assert refused, denials(first)
+        assert refused[0].endswith(
+            'admission webhook "pods.archaudit.io" denied the request: '
+            f"image {first.registry}/samples/amd64-docker:1.0 provides linux/amd64 only; "
+            "nodes this pod can use are linux/arm64"
+        ), refused
+        pods = _sourced(env_file, f"kubectl -n {DEMO_NAMESPACE} get pods -l app={DENIED_EXAMPLE} -o name")
+        assert pods.strip() == ""
+        assert _sourced(env_file, f"kubectl -n {DEMO_NAMESPACE} get pods -l app=multiarch -o name").strip()
+
+        # ... and its metrics URL, as .demo/env gives it, answers with the denials counted
+        metrics_url = _sourced(env_file, "echo $ARCHAUDIT_METRICS_URL").strip()
+        assert metrics_url == first.env["ARCHAUDIT_METRICS_URL"]
+        assert _sourced(env_file, "echo $ARCHAUDIT_WEBHOOK_URL").strip().startswith("https://127.0.0.1:")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(metrics_url, timeout=10) as resp:
+            metrics = resp.read().decode()
+        denied = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("archaudit_admission_reviews_total{") and 'decision="denied"' in line
+        ]
+        assert denied, metrics[:2000]
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in denied) >= 1
 
         second = up(directory)
         assert second.processes == first.processes, "a second `up` must reuse the running demo"

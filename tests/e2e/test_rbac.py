@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+
 from tests.harness.cluster import Cluster, KubectlError
 from tests.harness.kube import create_namespace
 from tests.harness.procs import wait_until

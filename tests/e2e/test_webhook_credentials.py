@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
 from tests.conftest import Seeded
 from tests.harness.cluster import Cluster
 from tests.harness.operator import (

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from archaudit import __version__
 from tests.conftest import Seeded
 from tests.harness.registry import USERNAME
 from tests.integration.test_registry_resolve import NODES, RUNS
-
-from archaudit import __version__
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

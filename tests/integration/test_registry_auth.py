@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from tests.conftest import Seeded
-from tests.harness.registry import PASSWORD, USERNAME, TokenIssuer, push_image
 
 from archaudit.errors import Reason, ResolutionError
 from archaudit.registry.credentials import Credential
+from tests.conftest import Seeded
+from tests.harness.registry import PASSWORD, USERNAME, TokenIssuer, push_image
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

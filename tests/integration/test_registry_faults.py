@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.conftest import Seeded
-from tests.harness.faultproxy import BOGUS_DIGEST, FaultProxy
 
 from archaudit.errors import Reason, ResolutionError
 from archaudit.registry.credentials import Credential
+from tests.conftest import Seeded
+from tests.harness.faultproxy import BOGUS_DIGEST, FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

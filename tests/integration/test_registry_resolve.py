@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from tests.conftest import Seeded
-from tests.harness.faultproxy import FaultProxy
-from tests.harness.registry import Sample, push_image
 
 from archaudit.errors import Reason, ResolutionError
 from archaudit.platforms import Fit, Platform
 from archaudit.registry.credentials import Credential
+from tests.conftest import Seeded
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.registry import Sample, push_image
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from tests.harness.certs import TestCA
 
 from archaudit import app, config
+from tests.harness.certs import TestCA
 
 
 def test_every_setting_has_a_flag_that_names_its_environment_variable() -> None:
@@ -138,3 +138,25 @@ async def test_server_keeps_serving_after_garbage(webhook_url: tuple[str, ssl.SS
         assert {r.status for r in results} == {400}
         async with session.post(f"{url}/pods", json=review(), ssl=ctx) as resp:
             assert resp.status == 200
+
+
+async def test_listening_is_set_only_once_the_port_accepts_connections(tmp_path: Path) -> None:
+    pair = TestCA(tmp_path).issue("webhook")
+
+    async def fn(data: Any, **_: Any) -> Any:
+        return {}
+
+    server = app.WebhookServer(
+        addr="127.0.0.1", port=0, path="/validate", certfile=str(pair.cert), pkeyfile=str(pair.key)
+    )
+    assert not server.listening.is_set()
+    gen = server(fn)
+    config = await gen.__anext__()
+    try:
+        assert server.listening.is_set()
+        port = int(config["url"].rsplit(":", 1)[1].split("/", 1)[0])
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await gen.aclose()

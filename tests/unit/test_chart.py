@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.harness.cluster import find_bin_dir
 
 from archaudit import config
+from tests.harness.cluster import find_bin_dir
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "archaudit"

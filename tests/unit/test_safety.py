@@ -12,10 +12,10 @@ import pytest
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.harness.procs import free_port
 
 from archaudit.errors import Reason, ResolutionError
 from archaudit.registry.safety import GuardedResolver, HostGuard
+from tests.harness.procs import free_port
 
 
 def caught(check: Callable[[], None]) -> ResolutionError | None:
