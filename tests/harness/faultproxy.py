@@ -20,6 +20,7 @@ Modes (set `proxy.mode`, optionally `proxy.times` = how many requests misbehave 
   redirect-loop        307 to the same URL, forever
   reject-credentials   401 with a Basic challenge to every request, credentials or not
   ratelimit            pass, plus Docker Hub's ratelimit-remaining header (`ratelimit_remaining`)
+  latency              pass, each request (any path) answered `latency` seconds late: a far registry
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ MODES = (
     "redirect-loop",
     "reject-credentials",
     "ratelimit",
+    "latency",
 )
 _HOP_BY_HOP = {
     "connection",
@@ -81,6 +83,7 @@ class FaultProxy:
         self.retry_after = "1"
         self.drip = 0.5
         self.ratelimit_remaining = "42;w=21600"
+        self.latency = 0.2
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
         self._session: aiohttp.ClientSession | None = None
@@ -143,6 +146,7 @@ class FaultProxy:
         return self._session
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        await self._delay()
         mode = self._fault_now(request)
         response = await self._respond(request, mode)
         with self._lock:
@@ -150,6 +154,13 @@ class FaultProxy:
                 Seen(request.method, request.path_qs, response.status, "Authorization" in request.headers)
             )
         return response
+
+    async def _delay(self) -> None:
+        with self._lock:
+            delay = self.latency if self.mode == "latency" else 0.0
+        if delay > 0:
+            # the misbehaviour itself (one slow round trip per request), not synchronisation
+            await asyncio.sleep(delay)
 
     async def _respond(self, request: web.Request, mode: str) -> web.StreamResponse:
         if mode == "429":

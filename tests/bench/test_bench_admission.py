@@ -1,0 +1,506 @@
+"""Admission benchmarks (`make bench`): the webhook's warm latency/throughput and its cold concurrency.
+
+What runs: the real control plane (tests.harness.cluster), the seeded docker-registry behind the fault
+proxy (which counts every registry request), and `archaudit run` as a child process pinned to one core.
+This process is the load generator, pinned to the other core: an aiohttp client posting real
+AdmissionReview bodies (the pod object is what the apiserver hands a validating webhook: created with
+dry-run, so defaults, service account volume and tolerations are in it) over TLS, verified against the
+CA the operator stored in its Secret, with keep-alive.
+
+Targets (printed beside the figures, never asserted as timings):
+  - warm: p99 <= 5 ms and >= 1,000 reviews/s on one core, 0 registry requests;
+  - cold: the images of a pod are resolved at once: a 5-image pod costs about one image's chain of
+    round trips (HEAD + GET + config), not five.
+Asserted, because they are behaviour: every review answers with the right verdict for its uid, no
+registry request while warm, every cold image goes to the registry.
+
+Wall-time figures depend on what else the machine runs; "reviews per CPU-second" of the operator is
+the steadier per-core figure. ARCHAUDIT_BENCH_PROFILE=/tmp/op.prof runs the operator under cProfile
+and prints where its time went after the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import os
+import platform
+import pstats
+import socket
+import ssl
+import statistics
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from kubernetes import client
+
+from tests.conftest import Seeded
+from tests.harness.cluster import Cluster
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.kube import create_namespace
+from tests.harness.operator import NAMESPACE, Operator, ensure_namespace
+from tests.harness.procs import wait_until
+from tests.harness.registry import push_image
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+BENCH_NAMESPACE = "bench"
+TLS_SECRET = "archaudit-webhook-tls"  # WebhookSettings.tls_secret's default
+POD_PATH = "/validate/pods"
+ARM64_ONLY = {"kubernetes.io/arch": "arm64"}
+# The issue's 3-container pod: one image that runs on arm64, two that do not (so: denied).
+POD_IMAGES = ("multiarch", "attested", "amd64-docker")
+RUNNABLE_ON_ARM64 = {"multiarch"}
+
+OPERATOR_CORE = 1
+LOADGEN_CORE = 0
+LATENCY_RUN = (1, 2_000, 30.0)  # concurrency, max reviews, max seconds: service time without queueing
+THROUGHPUT_RUN = (8, 5_000, 60.0)  # the issue's load: concurrency ~8, bounded by count and time
+UNTIMED_WARMUP = 200  # connections, TLS sessions, first-call paths: not measured
+PROXY_LATENCY = 0.2  # seconds added to every registry request in the cold benchmark
+COLD_TRIALS = 3
+COLD_IMAGES = 5
+
+ROWS: list[tuple[str, str, str]] = []
+NOTES: list[str] = []  # how the run was set up (pinning, load average): figures mean little without it
+
+
+def _row(what: str, figure: str, target: str) -> None:
+    ROWS.append((what, figure, target))
+    print(f"\n| {what} | {figure} | {target} |")
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _table() -> Iterator[None]:
+    yield
+    if ROWS:
+        print(
+            f"\n\nMachine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {_cpu_model()}, "
+            f"Python {platform.python_version()}; " + "; ".join(NOTES)
+        )
+        print("Command: `.venv/bin/python -m pytest tests/bench/test_bench_admission.py -s -q`\n")
+        print("| benchmark | result | target |\n|---|---|---|")
+        for row in ROWS:
+            print(f"| {row[0]} | {row[1]} | {row[2]} |")
+
+
+# --- pinning: operator on one core, load generator on the other -------------------------------------
+
+
+def _pin_process(pid: int, cores: set[int]) -> None:
+    """Pin every thread of `pid` (affinity is per thread on Linux; new threads inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cores)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/PID/stat (fields 14 and 15, after the command name)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- the rig ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rig:
+    cluster: Cluster
+    operator: Operator
+    proxy: FaultProxy
+    seeded: Seeded
+    tls: ssl.SSLContext
+    pinned: bool
+    images: dict[str, str] = field(default_factory=dict)  # sample name -> reference through the proxy
+
+    @property
+    def pid(self) -> int:
+        proc = self.operator.service.proc
+        assert proc is not None
+        return proc.pid
+
+    @property
+    def review_url(self) -> str:
+        return self.operator.url + POD_PATH
+
+
+def _accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+def _print_profile(path: Path) -> None:
+    if not path.is_file():
+        print(f"\nno profile at {path}: the operator did not exit cleanly")
+        return
+    stats = pstats.Stats(str(path))
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(40)
+
+
+def _webhook_ca(cluster: Cluster) -> str:
+    secret = client.CoreV1Api(cluster.admin).read_namespaced_secret(TLS_SECRET, NAMESPACE)
+    assert secret.data, f"Secret {NAMESPACE}/{TLS_SECRET} has no data"
+    return base64.b64decode(secret.data["ca.crt"]).decode()
+
+
+@pytest.fixture(scope="module")
+def rig(plain_registry: Seeded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    logs = tmp_path_factory.mktemp("bench-admission-logs")
+    own_affinity = os.sched_getaffinity(0)
+    proxy = FaultProxy(plain_registry.registry).start()
+    try:
+        with Cluster(log_dir=logs / "control-plane") as cluster:
+            ensure_namespace(cluster.admin, NAMESPACE)
+            create_namespace(cluster.admin, BENCH_NAMESPACE)
+            op = Operator(
+                kubeconfig=cluster.kubeconfig,
+                log_dir=logs,
+                env={
+                    "ARCHAUDIT_REGISTRY_INSECURE": proxy.host,
+                    "ARCHAUDIT_AUDIT_ENABLED": "false",  # admission alone on the operator's core
+                    "ARCHAUDIT_LOG_LEVEL": "INFO",  # the production default, not the tests' DEBUG
+                },
+            )
+            profile = os.environ.get("ARCHAUDIT_BENCH_PROFILE", "")
+            if profile:  # where the operator's CPU goes: cProfile output, summarised after the run
+                op.service.argv[1:1] = ["-m", "cProfile", "-o", profile]
+            op.start()
+            try:
+                pinned = len(own_affinity) >= 2 and {OPERATOR_CORE, LOADGEN_CORE} <= own_affinity
+                # /readyz turns green before kopf opens the webhook port: wait for the port itself
+                wait_until(
+                    lambda: _accepts(op.webhook_port), timeout=60, what="the webhook port", service=op.service
+                )
+                tls = ssl.create_default_context(cadata=_webhook_ca(cluster))
+                rig = Rig(cluster, op, proxy, plain_registry, tls, pinned)
+                if pinned:
+                    _pin_process(rig.pid, {OPERATOR_CORE})
+                    _pin_process(os.getpid(), {LOADGEN_CORE})
+                    NOTES.append(f"operator pinned to core {OPERATOR_CORE}, load generator to {LOADGEN_CORE}")
+                else:
+                    NOTES.append(f"not pinned (this process may use cores {sorted(own_affinity)} only)")
+                NOTES.append(f"load average at start {os.getloadavg()[0]:.2f}")
+                rig.images = {name: proxy.ref(plain_registry.samples[name].reference) for name in POD_IMAGES}
+                yield rig
+            finally:
+                NOTES.append(f"at end {os.getloadavg()[0]:.2f} (other work on the machine skews wall times)")
+                _pin_process(os.getpid(), own_affinity)
+                op.stop()
+                if profile:
+                    _print_profile(Path(profile))
+    finally:
+        proxy.stop()
+
+
+# --- real AdmissionReview bodies ----------------------------------------------------------------------
+
+
+def admitted_object(cluster: Cluster, name: str, images: Sequence[str]) -> dict[str, Any]:
+    """The pod as a validating webhook receives it: created with dry-run, so every default is in it."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)],
+            "nodeSelector": ARM64_ONLY,
+        },
+    }
+    # A dict in and the apiserver's own JSON out (_preload_content=False), not the client's models,
+    # which would rename fields; the client's annotations cover neither form, hence Any.
+    core: Any = client.CoreV1Api(cluster.admin)
+    raw = core.create_namespaced_pod(BENCH_NAMESPACE, pod, dry_run="All", _preload_content=False)
+    created: dict[str, Any] = json.loads(raw.data)
+    return created
+
+
+def admission_review(uid: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """An admission.k8s.io/v1 AdmissionReview for a pod CREATE, as kube-apiserver sends it."""
+    gvk = {"group": "", "version": "v1", "kind": "Pod"}
+    gvr = {"group": "", "version": "v1", "resource": "pods"}
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": gvk,
+            "resource": gvr,
+            "requestKind": gvk,
+            "requestResource": gvr,
+            "name": obj["metadata"]["name"],
+            "namespace": BENCH_NAMESPACE,
+            "operation": "CREATE",
+            "userInfo": {
+                "username": "system:serviceaccount:kube-system:replicaset-controller",
+                "uid": "2b3a4f0e-7c1d-4e55-9a53-0d4c1c9e8f10",
+                "groups": [
+                    "system:serviceaccounts",
+                    "system:serviceaccounts:kube-system",
+                    "system:authenticated",
+                ],
+            },
+            "object": obj,
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
+
+
+def review_bodies(obj: Mapping[str, Any], count: int) -> tuple[list[str], list[bytes]]:
+    """`count` serialized reviews of `obj`, each with its own uid (the serialization is not timed)."""
+    marker = "00000000-0000-0000-0000-000000000000"
+    template = json.dumps(admission_review(marker, obj)).encode()
+    uids = [str(uuid.uuid4()) for _ in range(count)]
+    return uids, [template.replace(marker.encode(), uid.encode()) for uid in uids]
+
+
+@dataclass(frozen=True)
+class Answer:
+    index: int
+    status: int
+    payload: bytes
+    seconds: float
+
+
+def verdict(answer: Answer, uid: str) -> tuple[bool, str, list[str]]:
+    """(allowed, message, warnings) of one AdmissionReview answer, after checking it answers `uid`."""
+    assert answer.status == 200, answer.payload[:500]
+    response = json.loads(answer.payload)["response"]
+    assert response["uid"] == uid
+    return (
+        bool(response["allowed"]),
+        response.get("status", {}).get("message", ""),
+        response.get("warnings") or [],
+    )
+
+
+def assert_denied_for(answer: Answer, uid: str, images: Mapping[str, str], bad: Sequence[str]) -> None:
+    """The review denies the pod and names exactly the images that cannot run on arm64."""
+    allowed, message, _warnings = verdict(answer, uid)
+    assert not allowed, message
+    for name, ref in images.items():
+        assert (f"image {ref} provides" in message) == (name in bad), (name, message)
+
+
+async def post_all(
+    url: str, tls: ssl.SSLContext, bodies: Sequence[bytes], *, concurrency: int, max_seconds: float
+) -> tuple[list[Answer], float]:
+    """Closed-loop load: `concurrency` clients over keep-alive connections; stops at the count or time."""
+    answers: list[Answer] = []
+    work = iter(enumerate(bodies))
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(ssl=tls, limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        stop_at = started + max_seconds
+
+        async def client_loop() -> None:
+            for index, body in work:  # one shared iterator: every body is posted once
+                if time.perf_counter() > stop_at:
+                    return
+                sent = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as resp:
+                    payload = await resp.read()
+                answers.append(Answer(index, resp.status, payload, time.perf_counter() - sent))
+
+        await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return answers, wall
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending sequence."""
+    return sorted_values[max(math.ceil(q * len(sorted_values)) - 1, 0)]
+
+
+# --- the operator's own view: /metrics ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scrape:
+    buckets: dict[float, float]  # le -> cumulative count of archaudit_admission_duration_seconds
+    duration_sum: float
+    duration_count: float
+    registry_requests: float  # archaudit_registry_requests_total, all series
+
+
+def scrape(op: Operator) -> Scrape:
+    buckets: dict[float, float] = {}
+    total_sum = count = requests = 0.0
+    for line in op.metrics().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name_labels, value = line.rsplit(" ", 1)
+        if name_labels.startswith("archaudit_admission_duration_seconds_bucket"):
+            le = name_labels.split('le="', 1)[1].split('"', 1)[0]
+            buckets[math.inf if le == "+Inf" else float(le)] = float(value)
+        elif name_labels.startswith("archaudit_admission_duration_seconds_sum"):
+            total_sum = float(value)
+        elif name_labels.startswith("archaudit_admission_duration_seconds_count"):
+            count = float(value)
+        elif name_labels.startswith("archaudit_registry_requests_total"):
+            requests += float(value)
+    return Scrape(buckets, total_sum, count, requests)
+
+
+def histogram_view(before: Scrape, after: Scrape) -> str:
+    """What the operator measured itself between two scrapes: mean, share under 5/10 ms, p50/p99 bucket."""
+    count = after.duration_count - before.duration_count
+    if count <= 0:
+        return "no reviews observed"
+    delta = {le: after.buckets[le] - before.buckets.get(le, 0.0) for le in sorted(after.buckets)}
+
+    def bucket_of(q: float) -> str:
+        le = next(le for le, n in delta.items() if n >= q * count)
+        return "+Inf" if le == math.inf else f"<= {le * 1000:g} ms"
+
+    mean_ms = (after.duration_sum - before.duration_sum) / count * 1000
+    return (
+        f"{count:,.0f} reviews, mean {mean_ms:.2f} ms, {delta.get(0.005, 0) / count:.1%} <= 5 ms, "
+        f"{delta.get(0.01, 0) / count:.1%} <= 10 ms; p50 {bucket_of(0.5)}, p99 {bucket_of(0.99)}"
+    )
+
+
+# --- warm ---------------------------------------------------------------------------------------------
+
+
+async def warm_cache(rig: Rig) -> None:
+    """One review per image, so that every image of the benchmark pod is in the operator's caches."""
+    for name, ref in rig.images.items():
+        obj = await asyncio.to_thread(admitted_object, rig.cluster, f"warm-{name}", [ref])
+        uids, bodies = review_bodies(obj, 1)
+        answers, _ = await post_all(rig.review_url, rig.tls, bodies, concurrency=1, max_seconds=60)
+        allowed, message, _ = verdict(answers[0], uids[0])
+        assert allowed == (name in RUNNABLE_ON_ARM64), message
+
+
+async def test_warm_admission_latency_and_throughput(rig: Rig) -> None:
+    rig.proxy.set("pass")
+    await warm_cache(rig)
+    warming = Counter(f"{s.method} {s.path.split('/')[-2]}" for s in rig.proxy.requests())
+    # The counter must see what the operator asks, or its 0 below would prove nothing.
+    assert warming["HEAD manifests"] == len(rig.images), warming
+
+    obj = await asyncio.to_thread(admitted_object, rig.cluster, "bench", list(rig.images.values()))
+    bad = [name for name in POD_IMAGES if name not in RUNNABLE_ON_ARM64]
+    rig.proxy.set("pass")  # from here on, every registry request is a cache miss
+    warm_start = scrape(rig.operator)
+    uids, bodies = review_bodies(obj, UNTIMED_WARMUP)
+    answers, _ = await post_all(rig.review_url, rig.tls, bodies, concurrency=8, max_seconds=60)
+    for answer in answers:
+        assert_denied_for(answer, uids[answer.index], rig.images, bad)
+
+    for concurrency, count, max_seconds in (LATENCY_RUN, THROUGHPUT_RUN):
+        uids, bodies = review_bodies(obj, count)
+        before, cpu_before, own_before = scrape(rig.operator), _cpu_seconds(rig.pid), time.process_time()
+        answers, wall = await post_all(
+            rig.review_url, rig.tls, bodies, concurrency=concurrency, max_seconds=max_seconds
+        )
+        cpu = _cpu_seconds(rig.pid) - cpu_before
+        own_cpu = time.process_time() - own_before
+        after = scrape(rig.operator)
+        for answer in answers:
+            assert_denied_for(answer, uids[answer.index], rig.images, bad)
+        assert after.duration_count - before.duration_count == len(answers)
+        latencies = sorted(a.seconds for a in answers)
+        ms = [percentile(latencies, q) * 1000 for q in (0.5, 0.9, 0.99)]
+        what = f"warm, 3-container pod, concurrency {concurrency}, {len(answers):,} reviews over TLS"
+        _row(
+            f"{what}: client latency",
+            f"p50 {ms[0]:.2f} ms, p90 {ms[1]:.2f} ms, p99 {ms[2]:.2f} ms, max {latencies[-1] * 1000:.1f} ms",
+            "p99 <= 5 ms",
+        )
+        _row(
+            f"{what}: throughput",
+            f"{len(answers) / wall:,.0f} reviews/s in {wall:.1f}s; operator CPU {cpu / wall:.0%} of a core "
+            f"= {len(answers) / cpu:,.0f} reviews per CPU-second; load generator CPU {own_cpu / wall:.0%}",
+            ">= 1,000 reviews/s per core",
+        )
+        _row(f"{what}: operator's histogram", histogram_view(before, after), "-")
+
+    warm_requests = len(rig.proxy.requests())
+    metric_requests = scrape(rig.operator).registry_requests - warm_start.registry_requests
+    assert warm_requests == 0, rig.proxy.requests()[:10]
+    assert metric_requests == 0
+    _row(
+        "registry requests while warm (proxy log / operator metric)",
+        f"{warm_requests} / {metric_requests:g}",
+        "0",
+    )
+
+
+# --- cold ---------------------------------------------------------------------------------------------
+
+
+def push_cold_images(rig: Rig, count: int, tag: str) -> dict[str, str]:
+    """`count` fresh single-arch (Docker v2, linux/amd64) images: name -> reference through the proxy."""
+    pusher = rig.seeded.registry.pusher()
+    images = {}
+    for i in range(count):
+        repo = f"bench-cold/app{i}"
+        push_image(pusher, repo, "linux", "amd64", oci=False, tag=tag)
+        images[f"cold{i}"] = rig.proxy.ref(rig.seeded.registry.ref(repo, tag))
+    return images
+
+
+async def cold_review(rig: Rig, images: Mapping[str, str], name: str) -> tuple[float, Counter[str]]:
+    """One review of a pod whose images nobody asked for yet: wall time and the registry requests."""
+    obj = await asyncio.to_thread(admitted_object, rig.cluster, name, list(images.values()))
+    uids, bodies = review_bodies(obj, 1)
+    rig.proxy.set("latency")
+    answers, _ = await post_all(rig.review_url, rig.tls, bodies, concurrency=1, max_seconds=60)
+    seen = Counter(f"{s.method} {s.path.split('/')[-2]}" for s in rig.proxy.requests())
+    rig.proxy.set("pass")
+    # Every image is amd64-only and the pod wants arm64: all are named, none timed out (fail-open).
+    assert_denied_for(answers[0], uids[0], images, list(images))
+    return answers[0].seconds, seen
+
+
+async def test_cold_pod_images_are_resolved_concurrently(rig: Rig) -> None:
+    rig.proxy.latency = PROXY_LATENCY
+    singles: list[float] = []
+    fives: list[float] = []
+    per_image: Counter[str] = Counter()
+    for trial in range(COLD_TRIALS):
+        tag = f"t{trial}-{uuid.uuid4().hex[:6]}"
+        one = await asyncio.to_thread(push_cold_images, rig, 1, f"one-{tag}")
+        five = await asyncio.to_thread(push_cold_images, rig, COLD_IMAGES, f"five-{tag}")
+        seconds, per_image = await cold_review(rig, one, f"cold-one-{trial}")
+        singles.append(seconds)
+        seconds, seen = await cold_review(rig, five, f"cold-five-{trial}")
+        fives.append(seconds)
+        # every image went to the registry, each with the same chain as the single one
+        assert seen == Counter({k: COLD_IMAGES * v for k, v in per_image.items()}), (seen, per_image)
+    chain = sum(per_image.values())
+    single, many = statistics.median(singles), statistics.median(fives)
+    _row(
+        f"cold, 1 image, {PROXY_LATENCY * 1000:.0f} ms added per registry request (median of {COLD_TRIALS})",
+        f"{single * 1000:.0f} ms ({chain} requests: {', '.join(f'{n} {k}' for k, n in per_image.items())})",
+        f"~{chain} x {PROXY_LATENCY * 1000:.0f} ms = {chain * PROXY_LATENCY * 1000:.0f} ms",
+    )
+    _row(
+        f"cold, {COLD_IMAGES} distinct images in one pod, same latency (median of {COLD_TRIALS})",
+        f"{many * 1000:.0f} ms = {many / single:.2f} x one image ({COLD_IMAGES * chain} requests)",
+        f"~1 x one image (one after the other: {COLD_IMAGES} x)",
+    )
