@@ -157,22 +157,141 @@ def _kubectl(
 
 
 # ======================================= ARCHAUDIT HOOK =============================================
-def start_archaudit(state: DemoState) -> dict[str, str]:
-    """Start archaudit itself against the demo cluster; return extra lines for .demo/env.
+# archaudit as a user installs it, except that it runs on this machine: the chart in url mode
+# (replicaCount 0: CRD, RBAC, ServiceAccount, ValidatingWebhookConfiguration pointing at 127.0.0.1) and
+# `archaudit run` detached, with the chart's environment and a token of the chart's ServiceAccount, so
+# the demo exercises exactly the rights the chart grants.
 
-    TO BE FILLED when the chart and `archaudit run` land (briefs F and the operator's):
-      1. `helm upgrade --install archaudit charts/archaudit -n archaudit --create-namespace
-         --set webhook.mode=url --set webhook.url=https://127.0.0.1:PORT --set replicas=0`
-         (the chart's url switch: CRD, RBAC, ValidatingWebhookConfiguration pointing at loopback);
-      2. `archaudit run` detached like the other processes (Service + add it to state.processes),
-         webhook on PORT, metrics on another free port, ARCHAUDIT_REGISTRY_INSECURE=state.registry;
-      3. wait until it answers and the webhook takes effect (server-side dry-run canary);
-      4. return {"ARCHAUDIT_METRICS_URL": "http://127.0.0.1:M/metrics",
-                 "ARCHAUDIT_WEBHOOK_URL": "https://127.0.0.1:PORT"}.
-    Must be idempotent: `up` calls it again on a running demo.
+RELEASE = "archaudit"
+RELEASE_NAMESPACE = "archaudit"
+# The example that archaudit refuses in enforce mode: its pods (the Deployment itself is warned about).
+DENIED_EXAMPLE = "amd64-only-on-arm64"
+TOKEN_SECONDS = 7 * 24 * 3600  # the demo's ServiceAccount token outlives any demo session
+ARCHAUDIT_READY_SECONDS = 120.0
+WEBHOOK_LIVE_SECONDS = 90.0
+DENIAL_SECONDS = 90.0
+
+
+def _helm(state: DemoState, *args: str) -> str:
+    from tests.harness.operator import helm
+
+    done = helm(Path(state.bin_dir), *args, kubeconfig=Path(state.kubeconfig), home=state.directory / "helm")
+    if done.returncode != 0:
+        raise RuntimeError(f"helm {' '.join(args[:2])} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _install_chart(state: DemoState, webhook_url: str) -> None:
+    from tests.harness.operator import CHART
+
+    _helm(
+        state, "upgrade", "--install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--create-namespace",
+        "--set", "replicaCount=0",
+        "--set", f"webhook.url={webhook_url}",
+        "--set-json", f"registry.insecure={json.dumps([state.registry])}",
+    )  # fmt: skip
+
+
+def _canary(state: DemoState) -> dict[str, object]:
+    """A pod archaudit must refuse: an amd64-only image pinned to arm64 nodes (server dry run only)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "archaudit-canary", "namespace": "default"},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/arch": "arm64"},
+            "containers": [{"name": "main", "image": state.samples["amd64-docker"]}],
+        },
+    }
+
+
+def _webhook_denies(state: DemoState) -> bool:
+    done = _kubectl(
+        state, "create", "--dry-run=server", "-f", "-", input=json.dumps(_canary(state)), check=False
+    )
+    return done.returncode != 0 and "denied the request" in done.stderr
+
+
+def start_archaudit(state: DemoState) -> dict[str, str]:
+    """Install the chart and start `archaudit run`, or reuse the running one; return lines for .demo/env.
+
+    Idempotent: a second `up` upgrades the release in place and keeps the running process.
     """
-    del state
-    return {}
+    from tests.harness.operator import (
+        Operator,
+        adopt_chart_env,
+        chart_env,
+        manifest_documents,
+        service_account_kubeconfig,
+    )
+
+    running = state.processes.get("archaudit")
+    if running is not None and alive(running) and "ARCHAUDIT_WEBHOOK_URL" in state.env:
+        print("reusing the running archaudit; upgrading its chart release ...", flush=True)
+        _install_chart(state, state.env["ARCHAUDIT_WEBHOOK_URL"])
+        return {k: state.env[k] for k in ("ARCHAUDIT_WEBHOOK_URL", "ARCHAUDIT_METRICS_URL")}
+
+    print("installing the archaudit chart (url mode) and starting `archaudit run` ...", flush=True)
+    token_kubeconfig = state.directory / "archaudit.kubeconfig"
+    logs = state.directory / "logs"
+    op = Operator(kubeconfig=token_kubeconfig, log_dir=logs)
+    _install_chart(state, op.url)
+    manifest = manifest_documents(_helm(state, "get", "manifest", RELEASE, "-n", RELEASE_NAMESPACE))
+    service_account_kubeconfig(
+        Path(state.kubeconfig),
+        namespace=RELEASE_NAMESPACE,
+        name=RELEASE,  # the chart's full name for release "archaudit"
+        path=token_kubeconfig,
+        expiration_seconds=TOKEN_SECONDS,
+    )
+    adopt_chart_env(op, chart_env(manifest, namespace=RELEASE_NAMESPACE))
+    op.service.start()
+    assert op.service.proc is not None
+    # Recorded before waiting: if it never gets ready, `down` still stops it.
+    state.processes["archaudit"] = Process(op.service.proc.pid, op.service.argv[0])
+    state.save()
+    with contextlib.suppress(FileExistsError):
+        (logs / "archaudit.log").symlink_to(op.service.log_path.name)
+    wait_until(op.ready, timeout=ARCHAUDIT_READY_SECONDS, what="archaudit /readyz", service=op.service)
+    # The operator patches its CA into the webhook configuration; the apiserver then needs a moment.
+    wait_until(
+        lambda: _webhook_denies(state),
+        timeout=WEBHOOK_LIVE_SECONDS,
+        interval=0.5,
+        what="the apiserver to call archaudit (canary pod denied)",
+        service=op.service,
+    )
+    return {"ARCHAUDIT_WEBHOOK_URL": op.url, "ARCHAUDIT_METRICS_URL": f"{op.metrics_url}/metrics"}
+
+
+def denials(state: DemoState) -> list[str]:
+    """archaudit's refusals in the demo namespace, as the ReplicaSets reported them (FailedCreate)."""
+    done = _kubectl(state, "get", "events", "-n", DEMO_NAMESPACE, "-o", "json", check=False)
+    if done.returncode != 0:
+        return []
+    found = []
+    for event in json.loads(done.stdout)["items"]:
+        message = event.get("message") or ""
+        if event.get("reason") == "FailedCreate" and "archaudit.io" in message:
+            found.append(f"{event['involvedObject']['kind']}/{event['involvedObject']['name']}: {message}")
+    return sorted(set(found))
+
+
+def archaudit_report(state: DemoState) -> str:
+    """What archaudit did to the examples: the denials, then its ImageAudit reports."""
+    with contextlib.suppress(TimeoutError):
+        wait_until(
+            lambda: any(DENIED_EXAMPLE in d for d in denials(state)),
+            timeout=DENIAL_SECONDS,
+            interval=0.5,
+            what=f"archaudit to deny the pods of {DENIED_EXAMPLE}",
+        )
+    denied = "\n".join(f"    {d}" for d in denials(state)) or "    (none yet)"
+    audits = _kubectl(state, "get", "imageaudits", "-A", check=False)
+    table = (audits.stdout or audits.stderr).strip() or "No resources found"
+    return f"  pods archaudit denied:\n{denied}\n  kubectl get imageaudits -A:\n    " + table.replace(
+        "\n", "\n    "
+    )
 
 
 # =====================================================================================================
@@ -219,21 +338,26 @@ def up(directory: Path = DEMO_DIR) -> DemoState:
     state.save()
     env_file = _write_env(state)
     outcomes = _apply_examples(state)
-    print(_usage(state, env_file, outcomes))
+    print(_usage(state, env_file, outcomes, archaudit_report(state)))
     return state
 
 
-def _usage(state: DemoState, env_file: Path, outcomes: Sequence[str]) -> str:
+def _usage(state: DemoState, env_file: Path, outcomes: Sequence[str], report: str) -> str:
     nodes = ", ".join(f"{n.name} ({n.arch})" for n in FAKE_NODES)
     samples = "\n".join(f"    {name:13} {ref}" for name, ref in sorted(state.samples.items()))
+    webhook = state.env.get("ARCHAUDIT_WEBHOOK_URL", "(not started)")
+    metrics = state.env.get("ARCHAUDIT_METRICS_URL", "(not started)")
     return f"""
 archaudit demo is running (state, certificates and logs in {_rel(state.directory)}/):
   control plane  {state.server}  etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok
   fake nodes     {nodes}
   registry       http://{state.registry}  (plain HTTP, loopback only) with the sample images:
 {samples}
+  archaudit      webhook {webhook}, metrics {metrics}
+                 (chart release {RELEASE} in namespace {RELEASE_NAMESPACE}, url mode; the process runs here)
   examples applied to namespace {DEMO_NAMESPACE}:
 {chr(10).join(outcomes)}
+{report}
 
 Use it:
   source {_rel(env_file)}
@@ -241,7 +365,10 @@ Use it:
   kubectl -n {DEMO_NAMESPACE} get pods -o wide
   archaudit check $ARCHAUDIT_REGISTRY/samples/multiarch:1.0 --insecure-registry $ARCHAUDIT_REGISTRY \\
       --platform linux/arm/v7
-  tail -f {_rel(state.directory / "logs")}/kube-scheduler.log
+  kubectl get imageaudits -A
+  kubectl -n {DEMO_NAMESPACE} get events --field-selector reason=FailedCreate
+  curl -s $ARCHAUDIT_METRICS_URL | grep ^archaudit_
+  tail -f {_rel(state.directory / "logs")}/archaudit.log {_rel(state.directory / "logs")}/kube-scheduler.log
 
   make demo        # again: reuses what runs
   make demo-down   # stops everything and removes {_rel(state.directory)}/

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -282,6 +283,12 @@ def service_account_kubeconfig(
     return path
 
 
+# RBAC's refusal ('pods is forbidden: User "system:serviceaccount:ns:sa" cannot list resource "pods"
+# ...', quotes JSON-escaped in client errors) and kopf's name for it. Other 403s are not RBAC's: a
+# namespace being deleted refuses new objects with 403 too.
+_RBAC_REFUSAL = re.compile(r'forbidden: User |cannot [a-z]+ resource \\?"|APIForbiddenError')
+
+
 def forbidden_lines(log_text: str) -> list[str]:
     """Log lines that report an API call refused by RBAC."""
-    return [line for line in log_text.splitlines() if "403" in line or "forbidden" in line.lower()]
+    return [line for line in log_text.splitlines() if _RBAC_REFUSAL.search(line)]
