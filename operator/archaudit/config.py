@@ -96,7 +96,6 @@ class AuditSettings:
     refresh_seconds: float = 3600.0
     watch_events: bool = True  # read runtime evidence (pull errors) from core/v1 Events too
     concurrency: int = 8  # images resolved at once by the auditor (the webhook has priority)
-    peering: str = "archaudit"  # kopf peering name: exactly one replica audits
 
 
 @dataclass(frozen=True)

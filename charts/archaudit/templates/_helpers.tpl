@@ -74,10 +74,6 @@ app.kubernetes.io/part-of: archaudit
 {{- if or .Values.registry.registriesYaml .Values.registry.existingSecret }}true{{ end }}
 {{- end }}
 
-{{- define "archaudit.peeringName" -}}
-{{- default (include "archaudit.fullname" .) .Values.peering.name }}
-{{- end }}
-
 {{- define "archaudit.image" -}}
 {{- $tag := default .Chart.AppVersion .Values.image.tag }}
 {{- if .Values.image.digest }}
