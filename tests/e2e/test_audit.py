@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from tests.conftest import Seeded
 from tests.harness.cluster import REPO, Cluster
 from tests.harness.kube import pod_manifest, wait_pods
-from tests.harness.operator import NAMESPACE, Operator
+from tests.harness.operator import NAMESPACE, Operator, install_imageaudit_crd
 from tests.harness.procs import wait_until
 from tests.harness.registry import image_config, push_image, push_index
 
@@ -31,37 +29,13 @@ AUDIT_WAIT = 90.0
 RESYNC_SECONDS = 3
 
 
-def _crd_manifest(cluster: Cluster, directory: Path) -> Path:
-    """The CRD exactly as the chart renders it."""
-    rendered = subprocess.run(
-        [
-            str(cluster.bin_dir / "helm"),
-            "template",
-            "archaudit",
-            str(REPO / "charts" / "archaudit"),
-            "--kube-version",
-            "1.36.0",
-            "--show-only",
-            "templates/crd-imageaudits.yaml",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    path = directory / "crd.yaml"
-    path.write_text(rendered)
-    return path
-
-
 @pytest.fixture(scope="module")
 def auditor(
     cluster: Cluster, plain_registry: Seeded, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
     """One operator for the module, auditing every few seconds, trusting the plain-HTTP test registry."""
     directory = tmp_path_factory.mktemp("audit")
-    cluster.kubectl("apply", "-f", str(_crd_manifest(cluster, directory)))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/imageaudits.archaudit.io", "--timeout=60s")
+    install_imageaudit_crd(cluster, directory)
     core = client.CoreV1Api(cluster.admin)
     try:
         core.create_namespace({"metadata": {"name": NAMESPACE}})

@@ -292,3 +292,28 @@ _RBAC_REFUSAL = re.compile(r'forbidden: User |cannot [a-z]+ resource \\?"|APIFor
 def forbidden_lines(log_text: str) -> list[str]:
     """Log lines that report an API call refused by RBAC."""
     return [line for line in log_text.splitlines() if _RBAC_REFUSAL.search(line)]
+
+
+def install_imageaudit_crd(cluster: Any, directory: Path) -> None:
+    """The ImageAudit CRD exactly as the chart renders it, applied and Established (for auditor tests).
+
+    `cluster` is a tests.harness.cluster.Cluster (not imported here: this module stays cluster-agnostic).
+    """
+    rendered = subprocess.run(
+        [
+            str(cluster.bin_dir / "helm"),
+            "template",
+            "archaudit",
+            str(CHART),
+            "--show-only",
+            "templates/crd-imageaudits.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    path = directory / "crd-imageaudits.yaml"
+    path.write_text(rendered)
+    cluster.kubectl("apply", "-f", str(path))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/imageaudits.archaudit.io", "--timeout=60s")
