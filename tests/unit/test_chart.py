@@ -740,6 +740,7 @@ def test_no_kopf_peering_objects() -> None:
     assert not [d for d in docs if d["apiVersion"].startswith("kopf.dev") or "kopf" in d["metadata"]["name"]]
     assert not [r for r in one(docs, "ClusterRole", RELEASE)["rules"] if "kopf.dev" in r.get("apiGroups", [])]
 
+
 def chart_copy(tmp_path: Path, rules: str | None, dashboard: str | None) -> Path:
     """The chart with stand-in files/: tests the templates apart from the real rules and dashboard."""
     copy = tmp_path / "archaudit"
