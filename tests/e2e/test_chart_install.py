@@ -164,6 +164,21 @@ class Release:
         return self.operator.service.log_path.read_text(errors="replace")
 
 
+def adopt_existing_crd(cluster: Cluster) -> None:
+    """A CRD applied before the chart (by hand, or by another test module) is adopted, as docs/chart.md
+    tells users to do: helm refuses to take over objects without its ownership labels."""
+    crd = "crd/imageaudits.archaudit.io"
+    if cluster.kubectl("get", crd, "--ignore-not-found", "-o", "name").stdout.strip():
+        cluster.kubectl("label", "--overwrite", crd, "app.kubernetes.io/managed-by=Helm")
+        cluster.kubectl(
+            "annotate",
+            "--overwrite",
+            crd,
+            f"meta.helm.sh/release-name={RELEASE}",
+            f"meta.helm.sh/release-namespace={RELEASE_NAMESPACE}",
+        )
+
+
 @pytest.fixture(scope="module")
 def release(
     cluster: Cluster, plain_registry: Seeded, tmp_path_factory: pytest.TempPathFactory
@@ -182,6 +197,7 @@ def release(
         "--set-json", 'registry.allow=["127.0.0.1"]',
     ]  # fmt: skip
     r = Release(cluster, work / "helm", op, values)
+    adopt_existing_crd(cluster)
     r.helm("install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, *values)
     try:
         service_account_kubeconfig(
