@@ -34,6 +34,7 @@ from tests.harness.operator import (
     helm,
     manifest_documents,
     service_account_kubeconfig,
+    wait_until_denied,
 )
 from tests.harness.procs import wait_until
 
@@ -219,22 +220,13 @@ def _wait_for_denial(cluster: Cluster, registry: Seeded, op: Operator) -> None:
     """The apiserver picks the caBundle patch up after a moment: wait until a canary is denied."""
     canary_ns = f"{RELEASE}-canary"
     create_namespace(cluster.admin, canary_ns)
-    core = client.CoreV1Api(cluster.admin)
     bad = pod("canary", registry.samples["amd64-docker"].reference, **ARM64_ONLY)
-
-    def denied() -> bool:
-        try:
-            core.create_namespaced_pod(canary_ns, bad, dry_run="All")
-        except ApiException as e:
-            return e.status == 403
-        return False
-
     try:
-        wait_until(
-            denied, timeout=90, interval=0.5, what="the chart's webhook to deny a canary", service=op.service
+        wait_until_denied(
+            cluster.admin, canary_ns, bad, service=op.service, what="the chart's webhook to deny a canary"
         )
     finally:
-        core.delete_namespace(canary_ns)
+        client.CoreV1Api(cluster.admin).delete_namespace(canary_ns)
 
 
 def test_the_operator_runs_as_the_chart_service_account(cluster: Cluster, release: Release) -> None:

@@ -26,6 +26,7 @@ from tests.harness.operator import (
     WEBHOOK_CONFIG,
     Operator,
     ensure_namespace,
+    wait_until_denied,
     webhook_configuration,
 )
 from tests.harness.procs import free_port, wait_until
@@ -113,25 +114,15 @@ def operator(
 
 
 def _wait_for_webhook(cluster: Cluster, registry: Seeded, op: Operator) -> None:
-    """The apiserver picks configuration changes up after a moment: wait until a canary is denied."""
     canary_ns = "archaudit-canary"
     ensure_namespace(cluster.admin, canary_ns)
-    core = client.CoreV1Api(cluster.admin)
     bad = pod("canary", registry.samples["amd64-docker"].reference, **ARM64_ONLY)
-
-    def denied() -> bool:
-        try:
-            core.create_namespaced_pod(canary_ns, bad, dry_run="All")
-        except ApiException as e:
-            return e.status == 403
-        return False
-
-    wait_until(
-        denied,
-        timeout=60,
-        interval=0.5,
-        what="the apiserver to call the webhook (canary denied)",
+    wait_until_denied(
+        cluster.admin,
+        canary_ns,
+        bad,
         service=op.service,
+        what="the apiserver to call the webhook (canary denied)",
     )
 
 

@@ -23,9 +23,9 @@ from tests.harness.operator import (
     WEBHOOK_CONFIG,
     Operator,
     ensure_namespace,
+    wait_until_denied,
     webhook_configuration,
 )
-from tests.harness.procs import wait_until
 
 ARM64_ONLY = {"nodeSelector": {"kubernetes.io/arch": "arm64"}}
 SECRET = "regcred"
@@ -81,15 +81,8 @@ def operator(
                 raise
         bad = pod("canary", basic_registry.samples["amd64-docker"].reference, secrets=True, **ARM64_ONLY)
 
-        def denied() -> bool:
-            try:
-                core.create_namespaced_pod(canary_ns, bad, dry_run="All")
-            except ApiException as e:
-                return e.status == 403
-            return False
-
-        wait_until(
-            denied, timeout=60, interval=0.5, what="the webhook to deny the canary", service=op.service
+        wait_until_denied(
+            cluster.admin, canary_ns, bad, service=op.service, what="the webhook to deny the canary"
         )
         yield op
     finally:

@@ -317,3 +317,26 @@ def install_imageaudit_crd(cluster: Any, directory: Path) -> None:
     path.write_text(rendered)
     cluster.kubectl("apply", "-f", str(path))
     cluster.kubectl("wait", "--for=condition=Established", "crd/imageaudits.archaudit.io", "--timeout=60s")
+
+
+def wait_until_denied(
+    api: Any, namespace: str, pod: Mapping[str, Any], *, service: Service, what: str, timeout: float = 90.0
+) -> None:
+    """Repeat a server-side dry-run of `pod` until the webhook denies it (403).
+
+    The apiserver picks up a new webhook configuration or caBundle after a moment; until then, with
+    failurePolicy Ignore, everything is admitted. A pod archaudit must deny is the canary.
+    """
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core = client.CoreV1Api(api)
+
+    def denied() -> bool:
+        try:
+            core.create_namespaced_pod(namespace, pod, dry_run="All")
+        except ApiException as e:
+            return e.status == 403
+        return False
+
+    wait_until(denied, timeout=timeout, interval=0.5, what=what, service=service)
