@@ -15,9 +15,14 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1
+# The official python image ships Python.h; a Debian-packaged python (hack/build-image.sh's local base)
+# needs python3-dev for it. Either way only this stage has them.
 RUN if [ "$TARGETARCH" = "arm" ]; then \
+      pkgs="gcc libc6-dev libffi-dev"; \
+      python -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_path("include") + "/Python.h"))' \
+        || pkgs="$pkgs python3-dev"; \
       apt-get update \
-      && apt-get install -y --no-install-recommends gcc libc6-dev libffi-dev \
+      && apt-get install -y --no-install-recommends $pkgs \
       && rm -rf /var/lib/apt/lists/*; \
     fi
 WORKDIR /src

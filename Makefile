@@ -7,7 +7,7 @@ export ARCHAUDIT_CACHE ?= $(HOME)/.cache/archaudit
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv bins tools lint unit integration e2e test bench demo demo-status demo-down clean
+.PHONY: help deps venv bins tools lint unit integration e2e test bench image demo demo-status demo-down clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ bench: venv deps bins  ## benchmarks; figures go to BENCHMARKS.md
 
 demo: venv deps bins  ## start registry + control plane + archaudit in the background, print how to use it
 	$(PY) -m tests.harness.demo up
+
+image: venv deps  ## build the image with buildah (local Debian base; amd64, arm64, arm/v7 via qemu), push it to a test registry, check it
+	ARCHAUDIT_IMAGE_TESTS=1 $(PY) -m pytest tests/image -s $(PYTEST_ARGS)
 
 demo-status:  ## what the demo runs
 	@$(PY) -m tests.harness.demo status
