@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import Seeded
 from tests.harness.cluster import REPO, Cluster
-from tests.harness.kube import pod_manifest, wait_pods
+from tests.harness.kube import deployment_manifest, pod_manifest, wait_pods
 from tests.harness.operator import NAMESPACE, Operator, install_imageaudit_crd
 from tests.harness.procs import wait_until
 from tests.harness.registry import image_config, push_image, push_index
@@ -127,27 +127,16 @@ def _full_audits_after(op: Operator, count: int) -> None:
     wait_until(moved, timeout=RESYNC_SECONDS * (count + 2) + 30, what=f"{count} more full audits")
 
 
-def _deployment(name: str, image: str, replicas: int, node_selector: dict[str, str]) -> dict[str, Any]:
-    template = pod_manifest(name, image=image, node_selector=node_selector)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": template["metadata"], "spec": template["spec"]},
-        },
-    }
-
-
 def test_incompatible_deployment_is_reported_once_and_left_alone(
     cluster: Cluster, namespace: str, auditor: Operator, plain_registry: Seeded
 ) -> None:
     image = plain_registry.samples["amd64-docker"].reference
     apps = client.AppsV1Api(cluster.admin)
     created = apps.create_namespaced_deployment(
-        namespace, _deployment("amd-on-arm", image, 2, {"kubernetes.io/arch": "arm64"})
+        namespace,
+        deployment_manifest(
+            "amd-on-arm", image=image, replicas=2, node_selector={"kubernetes.io/arch": "arm64"}
+        ),
     )
     wait_pods(cluster.admin, namespace, "app=amd-on-arm", count=2)
 
@@ -196,7 +185,9 @@ def test_compatible_and_at_risk_with_printer_columns(
     core = client.CoreV1Api(cluster.admin)
     multi = plain_registry.samples["multiarch"].reference
     amd_only = plain_registry.samples["amd64-docker"].reference
-    apps.create_namespaced_deployment(namespace, _deployment("everywhere", multi, 2, {}))
+    apps.create_namespaced_deployment(
+        namespace, deployment_manifest("everywhere", image=multi, replicas=2, node_selector={})
+    )
     pinned = pod_manifest("pinned", image=amd_only)
     pinned["spec"]["nodeName"] = "amd64-1"  # runs there, but nothing keeps a replacement off arm nodes
     core.create_namespaced_pod(namespace, pinned)
@@ -280,7 +271,8 @@ def test_a_tag_that_moves_flips_the_verdict(
     image = plain_registry.registry.ref(repo, "1")
     apps = client.AppsV1Api(cluster.admin)
     apps.create_namespaced_deployment(
-        namespace, _deployment("mover", image, 1, {"kubernetes.io/arch": "arm64"})
+        namespace,
+        deployment_manifest("mover", image=image, replicas=1, node_selector={"kubernetes.io/arch": "arm64"}),
     )
     wait_pods(cluster.admin, namespace, "app=mover", count=1)
     _wait_verdict(cluster, auditor, namespace, "deployment-mover", "Compatible")

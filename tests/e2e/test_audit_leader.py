@@ -29,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import Seeded
 from tests.harness.cluster import Cluster
-from tests.harness.kube import pod_manifest, wait_pods
+from tests.harness.kube import deployment_manifest, pod_manifest, wait_pods
 from tests.harness.operator import Operator, ensure_namespace, install_imageaudit_crd
 from tests.harness.procs import wait_until
 
@@ -102,20 +102,6 @@ def replicas(
         for op in ops:
             op.stop()
         print(f"operator logs: {log_dir}")
-
-
-def _deployment(name: str, image: str, replicas: int, node_selector: dict[str, str]) -> dict[str, Any]:
-    template = pod_manifest(name, image=image, node_selector=node_selector)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": template["metadata"], "spec": template["spec"]},
-        },
-    }
 
 
 def _lease(cluster: Cluster) -> Any:
@@ -255,7 +241,10 @@ def test_both_replicas_admit_and_one_audits_then_the_other_takes_over(
     leader, standby, lease = _leader(cluster, replicas)
 
     apps.create_namespaced_deployment(
-        namespace, _deployment("amd-on-arm", amd_only, 2, {"kubernetes.io/arch": "arm64"})
+        namespace,
+        deployment_manifest(
+            "amd-on-arm", image=amd_only, replicas=2, node_selector={"kubernetes.io/arch": "arm64"}
+        ),
     )
     wait_pods(cluster.admin, namespace, "app=amd-on-arm", count=2)
     first = _wait_verdict(cluster, namespace, "deployment-amd-on-arm", "Incompatible")
@@ -310,7 +299,10 @@ def test_both_replicas_admit_and_one_audits_then_the_other_takes_over(
 
     # ... and keeps the reports current.
     apps.create_namespaced_deployment(
-        namespace, _deployment("late", amd_only, 1, {"kubernetes.io/arch": "arm64"})
+        namespace,
+        deployment_manifest(
+            "late", image=amd_only, replicas=1, node_selector={"kubernetes.io/arch": "arm64"}
+        ),
     )
     wait_pods(cluster.admin, namespace, "app=late", count=1)
     late = _wait_verdict(cluster, namespace, "deployment-late", "Incompatible")

@@ -13,13 +13,12 @@ import re
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
 
 from tests.harness.cluster import FAKE_NODES, Cluster, FakeNode
-from tests.harness.kube import pod_manifest, pods, scheduling_failure, wait_pods
+from tests.harness.kube import deployment_manifest, pod_manifest, pods, scheduling_failure, wait_pods
 from tests.harness.procs import wait_until
 
 ARM64_TOLERATION = {
@@ -35,20 +34,6 @@ def _pinned_k8s_version(bin_dir: Path) -> str:
     match = re.search(r"k8s-(v\d+\.\d+\.\d+)", bin_dir.name)
     assert match, f"cannot read the Kubernetes pin from {bin_dir}"
     return match.group(1)
-
-
-def _deployment(name: str, replicas: int, node_selector: dict[str, str]) -> dict[str, Any]:
-    template = pod_manifest(name, node_selector=node_selector)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": template["metadata"], "spec": template["spec"]},
-        },
-    }
 
 
 def test_apiserver_answers_with_the_pinned_version(cluster: Cluster) -> None:
@@ -81,7 +66,9 @@ def test_kubectl_shows_the_arch_column(cluster: Cluster) -> None:
 
 def test_arm64_deployment_lands_on_the_untainted_arm64_node(cluster: Cluster, namespace: str) -> None:
     apps = client.AppsV1Api(cluster.admin)
-    apps.create_namespaced_deployment(namespace, _deployment("arm-app", 3, {"kubernetes.io/arch": "arm64"}))
+    apps.create_namespaced_deployment(
+        namespace, deployment_manifest("arm-app", replicas=3, node_selector={"kubernetes.io/arch": "arm64"})
+    )
     running = wait_pods(cluster.admin, namespace, "app=arm-app", count=3)
     # arm64-tainted is arm64 too, but its NoSchedule taint is not tolerated
     assert {p.spec.node_name for p in running} == {"arm64-1"}
@@ -109,7 +96,9 @@ def test_a_pod_tolerating_the_arm64_taint_may_use_the_tainted_node(cluster: Clus
 def test_nothing_lands_on_the_cordoned_node(cluster: Cluster, namespace: str) -> None:
     apps = client.AppsV1Api(cluster.admin)
     core = client.CoreV1Api(cluster.admin)
-    apps.create_namespaced_deployment(namespace, _deployment("amd-app", 6, {"kubernetes.io/arch": "amd64"}))
+    apps.create_namespaced_deployment(
+        namespace, deployment_manifest("amd-app", replicas=6, node_selector={"kubernetes.io/arch": "amd64"})
+    )
     core.create_namespaced_pod(
         namespace, pod_manifest("pinned", node_selector={"kubernetes.io/hostname": "cordoned-1"})
     )
@@ -127,7 +116,9 @@ def test_nothing_lands_on_the_cordoned_node(cluster: Cluster, namespace: str) ->
 
 def test_deleting_a_deployment_garbage_collects_its_pods(cluster: Cluster, namespace: str) -> None:
     apps = client.AppsV1Api(cluster.admin)
-    apps.create_namespaced_deployment(namespace, _deployment("gc-app", 2, {"kubernetes.io/arch": "amd64"}))
+    apps.create_namespaced_deployment(
+        namespace, deployment_manifest("gc-app", replicas=2, node_selector={"kubernetes.io/arch": "amd64"})
+    )
     wait_pods(cluster.admin, namespace, "app=gc-app", count=2)
     apps.delete_namespaced_deployment("gc-app", namespace, propagation_policy="Background")
     wait_until(

@@ -58,6 +58,27 @@ def pod_manifest(
     }
 
 
+def deployment_manifest(
+    name: str,
+    *,
+    replicas: int,
+    image: str = "registry.example/pause:3.10",
+    node_selector: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A Deployment whose template is `pod_manifest(name, ...)` (selected by its app label)."""
+    template = pod_manifest(name, image=image, node_selector=node_selector)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": template["metadata"], "spec": template["spec"]},
+        },
+    }
+
+
 def pods(api: client.ApiClient, namespace: str, selector: str = "") -> list[Any]:
     return list(client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items)
 
