@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,73 +98,53 @@ def configure_logging(settings: config.LogSettings) -> None:
         handler.setFormatter(_Json())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_QuietDenials())
     logging.basicConfig(level=settings.level.upper(), handlers=[handler], force=True)
     # One access-log line per admission review costs more than the review itself at cluster scale.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("kopf").setLevel(max(logging.INFO, logging.getLevelName(settings.level.upper())))
 
 
-# --- the webhook server: kopf's, with malformed reviews answered 400 --------------------------------
+# --- the webhook server: kopf's TLS server, answering with archaudit's admission ----------------------
+
+ReviewFn = Callable[..., Awaitable[Mapping[str, Any]]]
 
 
 class WebhookServer(kopf.WebhookServer):
-    """kopf's TLS webhook server, with two additions.
+    """kopf's TLS webhook server (certificate files, reloaded when they change), serving `admit`.
 
-    - Malformed AdmissionReviews get a 400 with the reason: kopf answers a body without `request` or
-      `request.resource` with a 500 from deep inside; the apiserver never sends that, but anything else
-      that reaches the port might, and it must get a clear client error instead of a stack trace.
+    - Each review goes to `admit` (webhook.Admission) instead of the function kopf passes in, which is
+      kopf's admission engine: see webhook.py's docstring for why.
+    - Malformed AdmissionReviews get a 400 with the reason, and unknown paths a 404.
     - `listening` is set once the port accepts connections: /readyz waits for it, so a new replica is
       not sent admission traffic it would refuse.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, admit: ReviewFn, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.admit = admit
         self.listening = asyncio.Event()
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
-        async for client_config in super().__call__(fn):
+        # kopf types WebhookFn with its TypedDicts; ours takes the same parsed JSON as plain mappings.
+        async for client_config in super().__call__(self.admit):  # type: ignore[arg-type]
             self.listening.set()  # kopf yields only after its site has started
             yield client_config
 
     @staticmethod
-    async def _serve(fn: Any, request: Any) -> Any:
+    async def _serve(fn: ReviewFn, request: Any) -> Any:
         from aiohttp import web
 
-        problem = await _malformed(request)
+        if request.match_info.get("id") not in webhook.WEBHOOKS:
+            return web.json_response({"error": f"no webhook at {request.path}"}, status=404)
+        try:
+            data = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            return web.json_response({"error": "the body is not JSON"}, status=400)
+        problem = webhook.malformed(data)
         if problem:
             return web.json_response({"error": problem}, status=400)
-        return await kopf.WebhookServer._serve(fn, request)
-
-
-class _QuietDenials(logging.Filter):
-    """kopf logs every denial as ERROR "Webhook ... failed permanently"; a denial is a normal answer."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and "failed permanently" in record.getMessage())
-
-
-async def _malformed(request: Any) -> str | None:
-    try:
-        data = json.loads(await request.text())
-    except (ValueError, UnicodeDecodeError):
-        return "the body is not JSON"
-    if not isinstance(data, dict):
-        return "the body is not a JSON object"
-    if data.get("kind") != "AdmissionReview":
-        return "kind must be AdmissionReview"
-    req = data.get("request")
-    if not isinstance(req, dict):
-        return "request is missing"
-    for key in ("uid", "resource", "operation", "userInfo"):
-        if key not in req:
-            return f"request.{key} is missing"
-    resource = req.get("resource")
-    if not isinstance(resource, dict) or not all(k in resource for k in ("group", "version", "resource")):
-        return "request.resource must have group, version and resource"
-    if not isinstance(req.get("object"), dict) and not isinstance(req.get("oldObject"), dict):
-        return "request.object is missing"
-    return None
+        answer = await fn(data)
+        return web.Response(body=json.dumps(answer).encode(), content_type="application/json")
 
 
 # --- the operator ---------------------------------------------------------------------------------
@@ -180,6 +160,7 @@ class Runtime:
     stop: asyncio.Event
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
     server: WebhookServer | None = None
+    admission: webhook.Admission | None = None
 
     def ready(self) -> bool:
         return (
@@ -267,7 +248,12 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         rt.tasks.append(task)
         task.add_done_callback(lambda t: rt.tasks.remove(t) if t in rt.tasks else None)
 
-    webhook.register(registry, lambda: ctx, on_review=on_review, on_warning_event=on_warning_event)
+    rt.admission = webhook.Admission(
+        lambda: ctx,
+        on_review=on_review,
+        on_warning_event=on_warning_event,
+        log_denials=settings.webhook.log_denials,
+    )
     if settings.audit.enabled:
         from archaudit import audit
 
@@ -309,12 +295,20 @@ async def _admission_event(api: kube.KubeApi, obj: Mapping[str, Any], outcome: w
 
 async def _webhook_server(rt: Runtime) -> WebhookServer:
     ws = rt.settings.webhook
+    if rt.admission is None:
+        raise RuntimeError("build_registry() makes the admission handler before the server starts")
+    admit = rt.admission
     if ws.tls_mode == "files":
         if not (ws.cert_file and ws.key_file):
             raise SystemExit("webhook.tls_mode=files needs --webhook-cert-file and --webhook-key-file")
         rt.ctx.certificate_loaded.set()
         return WebhookServer(
-            addr=ws.host, port=ws.port, path="/validate", certfile=ws.cert_file, pkeyfile=ws.key_file
+            admit=admit,
+            addr=ws.host,
+            port=ws.port,
+            path="/validate",
+            certfile=ws.cert_file,
+            pkeyfile=ws.key_file,
         )
     if ws.tls_mode != "self":
         raise SystemExit(f"webhook.tls_mode must be 'self' or 'files', not {ws.tls_mode!r}")
@@ -324,7 +318,9 @@ async def _webhook_server(rt: Runtime) -> WebhookServer:
     cert, key, _ca = certs.write_files(material, Path(ws.cert_dir))
     rt.tasks.append(asyncio.create_task(_keep_ca_bundle(rt, material), name="ca-bundle"))
     rt.ctx.certificate_loaded.set()
-    return WebhookServer(addr=ws.host, port=ws.port, path="/validate", certfile=str(cert), pkeyfile=str(key))
+    return WebhookServer(
+        admit=admit, addr=ws.host, port=ws.port, path="/validate", certfile=str(cert), pkeyfile=str(key)
+    )
 
 
 async def _keep_ca_bundle(rt: Runtime, material: certs.TLSMaterial) -> None:

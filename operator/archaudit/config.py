@@ -72,6 +72,9 @@ class WebhookSettings:
     exempt_namespaces: tuple[str, ...] = ()  # never checked (kube-system & co. are excluded by the chart)
     exempt_images: tuple[str, ...] = ()  # fnmatch patterns on the normalized reference
     deny_unresolved: bool = False  # True: an image we cannot resolve is denied in enforce mode
+    # One log line per denial (as Gatekeeper's --log-denies): off by default, since at admission rates
+    # the line costs more than the review; denials are counted in metrics either way.
+    log_denials: bool = False
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,11 @@ class CredentialSource(Protocol):
         self, namespace: str, pod_spec: Mapping[str, Any], image: Any
     ) -> Sequence[Credential]: ...
 
+    def peek_for_pod(
+        self, namespace: str, pod_spec: Mapping[str, Any], image: Any
+    ) -> Sequence[Credential] | None:
+        """`for_pod` if it is known without I/O, else None."""
+
 
 class NodeMap:
     """The live set of nodes, kept by a node watch; small values only (scheduling.Node)."""

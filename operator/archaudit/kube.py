@@ -128,6 +128,7 @@ class PullSecretCredentials:
         self.extra = extra or Keyring()
         self._cache: dict[tuple[str, str, str], tuple[float, Any]] = {}
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._pods: dict[tuple[str, str, tuple[str, ...]], tuple[float, Keyring]] = {}
 
     async def _cached(self, kind: str, namespace: str, name: str) -> Any:
         key = (kind, namespace, name)
@@ -168,27 +169,56 @@ class PullSecretCredentials:
             return value
 
     async def keyring_for_pod(self, namespace: str, pod_spec: Mapping[str, Any]) -> Keyring:
-        names = [s.get("name", "") for s in pod_spec.get("imagePullSecrets") or [] if s.get("name")]
-        sa_name = pod_spec.get("serviceAccountName") or pod_spec.get("serviceAccount") or "default"
+        key = _pod_key(namespace, pod_spec)
+        hit = self._pods.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        _ns, sa_name, names = key
+        wanted = list(names)
         sa = await self._cached("serviceaccount", namespace, sa_name)
         if sa:
-            names += [s.get("name", "") for s in sa.get("imagePullSecrets") or [] if s.get("name")]
+            wanted += [s.get("name", "") for s in sa.get("imagePullSecrets") or [] if s.get("name")]
         keyring = Keyring()
-        for name in dict.fromkeys(names):
+        for name in dict.fromkeys(wanted):
             keyring = keyring + await self._cached("secret", namespace, name)
-        return keyring + self.extra
+        keyring = keyring + self.extra
+        if len(self._pods) >= _MAX_POD_KEYRINGS:
+            self._pods.clear()  # many distinct secret sets: start over rather than grow
+        self._pods[key] = (time.monotonic() + self.ttl, keyring)
+        return keyring
 
     async def for_pod(
         self, namespace: str, pod_spec: Mapping[str, Any], image: ImageReference
     ) -> Sequence[Credential]:
         return (await self.keyring_for_pod(namespace, pod_spec)).lookup(image)
 
+    def peek_for_pod(
+        self, namespace: str, pod_spec: Mapping[str, Any], image: ImageReference
+    ) -> Sequence[Credential] | None:
+        """`for_pod` from the cache without an await, or None when it must be read (the warm path)."""
+        hit = self._pods.get(_pod_key(namespace, pod_spec))
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        return hit[1].lookup(image)
+
+
+_MAX_POD_KEYRINGS = 4096
+
+
+def _pod_key(namespace: str, pod_spec: Mapping[str, Any]) -> tuple[str, str, tuple[str, ...]]:
+    """(namespace, service account, pull secret names): the pods that share them share a keyring."""
+    names = tuple(s.get("name", "") for s in pod_spec.get("imagePullSecrets") or () if s.get("name"))
+    sa_name = pod_spec.get("serviceAccountName") or pod_spec.get("serviceAccount") or "default"
+    return namespace, str(sa_name), names
+
 
 class LeaseElector:
     """Leader election on a coordination.k8s.io Lease: with 2+ replicas exactly one audits.
 
     Every replica serves the webhook; only the holder of the Lease writes ImageAudits and Events.
-    A holder that stops renewing loses the Lease after `duration` seconds.
+    A holder that stops renewing loses the Lease after `duration` seconds; one that stops cleanly
+    releases it (empty holder, as client-go's ReleaseOnCancel), so a standby takes over at its next
+    try instead of waiting the duration out.
     """
 
     def __init__(

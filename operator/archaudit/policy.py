@@ -181,8 +181,14 @@ def _check(
         return ImageCheck(container, image, (), None, result)
     fits: dict[str, Fit] = {}
     pulls: dict[str, str | None] = {}
+    # Clusters have many nodes but few kinds of node: judge each (platform, runtime profiles) once.
+    seen: dict[tuple[Platform, tuple[str, ...]], tuple[Fit, str | None]] = {}
     for node in nodes:
-        fits[node.name], pulls[node.name] = result.runnable(node.platform, node.profiles)
+        kind = (node.platform, node.profiles)
+        answer = seen.get(kind)
+        if answer is None:
+            answer = seen[kind] = result.runnable(node.platform, node.profiles)
+        fits[node.name], pulls[node.name] = answer
     return ImageCheck(container, image, result.platforms, result.digest, None, fits, pulls)
 
 

@@ -244,6 +244,15 @@ class Resolver:
         # shielded: a caller that gives up (the webhook's deadline) does not cancel the others' lookup
         return await asyncio.shield(task)
 
+    def peek(self, ref: ImageReference, credentials: Sequence[Credential] = ()) -> Resolution | None:
+        """The cached answer for `ref` without any await, or None (then call `resolve`).
+
+        The warm admission path: no task, no await, no registry. Raises a remembered failure as
+        `resolve` would.
+        """
+        identity = _identity(credentials)
+        return self._cached(ref, _key(ref, identity), identity)
+
     async def resolve_many(
         self, refs: Iterable[ImageReference | str], credentials: Sequence[Credential] = ()
     ) -> list[Resolution | ResolutionError]:

@@ -49,9 +49,13 @@ def test_a_bad_value_names_the_variable() -> None:
         config.from_env({"ARCHAUDIT_AUDIT_ENABLED": "maybe"})
 
 
+async def kopf_engine_never_called(data: Any, **_: Any) -> Any:
+    raise AssertionError("the server must answer with archaudit's admission, not kopf's engine")
+
+
 @pytest.fixture
 async def webhook_url(tmp_path: Path) -> AsyncIterator[tuple[str, ssl.SSLContext, list[Any]]]:
-    """archaudit's WebhookServer on a loopback port; the kopf side is a recorder that allows."""
+    """archaudit's WebhookServer on a loopback port; the admission side is a recorder that allows."""
     ca = TestCA(tmp_path)
     pair = ca.issue("webhook")
     seen: list[Any] = []
@@ -65,9 +69,9 @@ async def webhook_url(tmp_path: Path) -> AsyncIterator[tuple[str, ssl.SSLContext
         }
 
     server = app.WebhookServer(
-        addr="127.0.0.1", port=0, path="/validate", certfile=str(pair.cert), pkeyfile=str(pair.key)
+        admit=fn, addr="127.0.0.1", port=0, path="/validate", certfile=str(pair.cert), pkeyfile=str(pair.key)
     )
-    gen = server(fn)
+    gen = server(kopf_engine_never_called)
     client_config = await gen.__anext__()
     client_ctx = ssl.create_default_context(cafile=str(ca.cert_path))
     try:
@@ -129,6 +133,17 @@ async def test_well_formed_review_reaches_the_handlers(
     assert len(seen) == 1
 
 
+async def test_unknown_webhook_path_is_404(webhook_url: tuple[str, ssl.SSLContext, list[Any]]) -> None:
+    url, ctx, seen = webhook_url
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/mutate", json=review(), ssl=ctx) as resp,
+    ):
+        assert resp.status == 404
+        assert "/validate/mutate" in (await resp.json())["error"]
+    assert seen == []
+
+
 async def test_server_keeps_serving_after_garbage(webhook_url: tuple[str, ssl.SSLContext, list[Any]]) -> None:
     url, ctx, _seen = webhook_url
     async with aiohttp.ClientSession() as session:
@@ -147,10 +162,10 @@ async def test_listening_is_set_only_once_the_port_accepts_connections(tmp_path:
         return {}
 
     server = app.WebhookServer(
-        addr="127.0.0.1", port=0, path="/validate", certfile=str(pair.cert), pkeyfile=str(pair.key)
+        admit=fn, addr="127.0.0.1", port=0, path="/validate", certfile=str(pair.cert), pkeyfile=str(pair.key)
     )
     assert not server.listening.is_set()
-    gen = server(fn)
+    gen = server(kopf_engine_never_called)
     config = await gen.__anext__()
     try:
         assert server.listening.is_set()
