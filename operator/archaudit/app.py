@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,10 +205,11 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         ctx.namespaces_filled.set()
         rt.tasks.append(asyncio.create_task(rt.elector.run(rt.stop), name="leader-election"))
         log.info(
-            "archaudit %s started: %d nodes, mode %s",
+            "archaudit %s started: %d nodes, mode %s, event loop %s",
             __version__,
             len(ctx.nodes),
             rt.settings.webhook.default_mode,
+            type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
     @kopf.on.cleanup(registry=registry)
@@ -395,5 +396,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-    asyncio.run(run(settings, kubeconfig=args.kubeconfig))
+    event_loop_runner()(run(settings, kubeconfig=args.kubeconfig))
     return 0
+
+
+def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop where it is installed, else asyncio's own loop (32-bit ARM has no uvloop wheels).
+
+    asyncio's TLS is pure Python; uvloop's halves the CPU of an admission review (BENCHMARKS.md).
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run

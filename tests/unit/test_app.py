@@ -175,3 +175,9 @@ async def test_listening_is_set_only_once_the_port_accepts_connections(tmp_path:
         await writer.wait_closed()
     finally:
         await gen.aclose()
+
+
+def test_the_operator_runs_on_uvloop_where_it_is_installed() -> None:
+    # pyproject installs uvloop everywhere but 32-bit ARM; there, asyncio's loop is the fallback.
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed on this platform (32-bit ARM)")
+    assert app.event_loop_runner() is uvloop.run
