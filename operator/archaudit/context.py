@@ -43,6 +43,9 @@ class NodeMap:
         self._runtime_profile = runtime_profile
         self._containerd_pull = containerd_pull
         self.filled = asyncio.Event()  # set once the initial listing is in
+        # Moves whenever a node is added, removed or changed in a way archaudit sees (not heartbeats):
+        # answers computed from the node map stay valid while it stands still.
+        self.version = 0
 
     def _node(self, obj: Mapping[str, Any]) -> Node | None:
         try:
@@ -56,12 +59,14 @@ class NodeMap:
 
     def upsert(self, obj: Mapping[str, Any]) -> Node | None:
         node = self._node(obj)
-        if node is not None:
+        if node is not None and self._nodes.get(node.name) != node:
             self._nodes[node.name] = node
+            self.version += 1
         return node
 
     def remove(self, name: str) -> None:
-        self._nodes.pop(name, None)
+        if self._nodes.pop(name, None) is not None:
+            self.version += 1
 
     def replace_all(self, objs: Iterable[Mapping[str, Any]]) -> None:
         fresh = {}
@@ -69,7 +74,9 @@ class NodeMap:
             node = self._node(obj)
             if node is not None:
                 fresh[node.name] = node
-        self._nodes = fresh
+        if fresh != self._nodes:
+            self._nodes = fresh
+            self.version += 1
         self.filled.set()
 
     def get(self, name: str) -> Node | None:

@@ -26,6 +26,7 @@ Pure: plain dicts in the shape of the Kubernetes API's JSON, no I/O.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,7 @@ __all__ = [
     "matches_selector",
     "node_from_object",
     "schedulable",
+    "scheduling_key",
     "tolerates",
     "tolerates_taints",
     "virtual_nodes",
@@ -199,6 +201,24 @@ def candidates(pod_spec: Mapping[str, Any], nodes: Iterable[Node]) -> list[Node]
     if node_name:
         return [n for n in nodes if n.name == node_name and not n.virtual]
     return [n for n in nodes if schedulable(pod_spec, n)]
+
+
+def scheduling_key(pod_spec: Mapping[str, Any]) -> str:
+    """Everything `candidates` reads from a pod spec, canonical: equal keys, equal candidates.
+
+    The pods of one workload share it, so callers can reuse one answer for all of them.
+    """
+    return json.dumps(
+        [
+            pod_spec.get("nodeName"),
+            pod_spec.get("nodeSelector"),
+            _mapping(pod_spec.get("affinity")).get("nodeAffinity"),
+            pod_spec.get("tolerations"),
+        ],
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
 
 
 def schedulable(pod_spec: Mapping[str, Any], node: Node) -> bool:

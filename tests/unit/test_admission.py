@@ -11,8 +11,11 @@ from typing import Any
 
 import pytest
 
-from archaudit import webhook
-from archaudit.context import Context
+from archaudit import policy, webhook
+from archaudit.config import Settings
+from archaudit.context import Context, NodeMap
+from archaudit.manifests import ImagePlatforms, PlatformEntry
+from archaudit.platforms import Platform
 
 UID = "c6f3f0e1-6d3e-4c55-9c55-0d1e1d0a4f00"
 
@@ -122,3 +125,64 @@ def test_malformed_names_the_problem(data: Any, problem: str) -> None:
 def test_a_well_formed_review_is_not_malformed() -> None:
     assert webhook.malformed(review()) is None
     assert webhook.malformed(review(operation="DELETE", object=None, oldObject={"kind": "Pod"})) is None
+
+
+# --- the decision memo: reused for the next pod of a workload, never across a change that matters ---
+
+ARM64_ONLY = ImagePlatforms(
+    "sha256:" + "a" * 64,
+    "application/vnd.oci.image.manifest.v1+json",
+    "manifest",
+    (PlatformEntry(Platform("linux", "arm64"), "sha256:" + "a" * 64),),
+)
+
+
+def node_object(name: str, arch: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux", "kubernetes.io/arch": arch}},
+        "status": {"nodeInfo": {"operatingSystem": "linux", "architecture": arch}},
+    }
+
+
+def context_with(*nodes: tuple[str, str]) -> Context:
+    node_map = NodeMap()
+    node_map.replace_all(node_object(name, arch) for name, arch in nodes)
+    return Context(settings=Settings(), resolver=None, nodes=node_map, credentials=None, metrics=None)  # type: ignore[arg-type]
+
+
+def decide(ctx: Context, spec: Mapping[str, Any] | None = None) -> policy.Decision:
+    images = [("app", "example.test/app:1", ARM64_ONLY)]
+    return webhook._decide(ctx, spec or {}, images, mode=policy.Mode.ENFORCE, is_pod=True)
+
+
+def test_the_next_pod_of_a_workload_reuses_the_decision() -> None:
+    ctx = context_with(("amd-1", "amd64"))
+    first = decide(ctx)
+    assert first.verdict is policy.Verdict.INCOMPATIBLE
+    assert decide(ctx) is first
+
+
+def test_a_node_change_is_seen_by_the_next_review() -> None:
+    ctx = context_with(("amd-1", "amd64"))
+    assert decide(ctx).verdict is policy.Verdict.INCOMPATIBLE
+    ctx.nodes.upsert(node_object("arm-1", "arm64"))
+    assert decide(ctx).verdict is policy.Verdict.AT_RISK
+    ctx.nodes.remove("amd-1")
+    assert decide(ctx).verdict is policy.Verdict.COMPATIBLE
+
+
+def test_other_constraints_get_their_own_decision() -> None:
+    ctx = context_with(("amd-1", "amd64"), ("arm-1", "arm64"))
+    assert decide(ctx).verdict is policy.Verdict.AT_RISK
+    assert decide(ctx, {"nodeSelector": {"kubernetes.io/arch": "arm64"}}).verdict is policy.Verdict.COMPATIBLE
+
+
+def test_a_heartbeat_does_not_move_the_node_map() -> None:
+    ctx = context_with(("amd-1", "amd64"))
+    version = ctx.nodes.version
+    beat = node_object("amd-1", "amd64")
+    beat["status"]["conditions"] = [{"type": "Ready", "status": "True", "lastHeartbeatTime": "now"}]
+    ctx.nodes.upsert(beat)
+    assert ctx.nodes.version == version
+    ctx.nodes.upsert(node_object("amd-1", "arm64"))
+    assert ctx.nodes.version == version + 1

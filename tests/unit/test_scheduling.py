@@ -18,6 +18,7 @@ from archaudit.scheduling import (
     matches_affinity,
     matches_selector,
     node_from_object,
+    scheduling_key,
     tolerates,
     virtual_nodes,
 )
@@ -456,3 +457,51 @@ def test_virtual_nodes_ignore_taints_and_cordon_even_if_given() -> None:
         virtual=True,
     )
     assert names({}, [v]) == [v.name]
+
+
+# --- scheduling_key: equal keys must mean equal candidates ------------------------------------------
+
+KEYED_SPECS: list[dict[str, Any]] = [
+    {},
+    {"nodeName": "arm-1"},
+    {"nodeSelector": {"kubernetes.io/arch": "arm64"}},
+    {"nodeSelector": {"kubernetes.io/arch": "amd64"}},
+    {"tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+    {
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}
+                            ]
+                        }
+                    ]
+                }
+            }
+        }
+    },
+]
+KEY_NODES = [
+    node("amd-1"),
+    node("arm-1", "arm64"),
+    node("arm-2", "arm64", taints=[{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]),
+]
+
+
+def test_every_field_candidates_reads_changes_the_scheduling_key() -> None:
+    keys = [scheduling_key(spec) for spec in KEYED_SPECS]
+    assert len(set(keys)) == len(keys)
+
+
+def test_what_candidates_ignores_leaves_the_key_alone() -> None:
+    base = {"nodeSelector": {"b": "2", "a": "1"}}
+    other = {
+        "nodeSelector": {"a": "1", "b": "2"},  # key order
+        "containers": [{"name": "x", "image": "busybox"}],
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+        "serviceAccountName": "sa",
+    }
+    assert scheduling_key(base) == scheduling_key(other)
+    assert names(base, KEY_NODES) == names(other, KEY_NODES)
