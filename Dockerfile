@@ -5,6 +5,8 @@
 # for amd64 and arm64. On arm/v7 two do not (PyPI, checked for the versions in constraints.txt):
 # cffi (needed by cryptography) is compiled, so the builder installs gcc + libffi-dev there only, and
 # PyYAML builds from its sdist without libyaml (its pure-Python loader; no extra runtime library).
+# uvloop (the operator's event loop) has no arm/v7 wheel: pyproject's marker leaves it out there, and
+# the operator falls back to asyncio's loop.
 # The final stage copies the virtualenv alone: no compilers, no pip, no caches.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
