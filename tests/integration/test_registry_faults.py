@@ -5,6 +5,8 @@ wrong verdict.
 
 from __future__ import annotations
 
+import email.utils
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +170,17 @@ async def test_429_beyond_the_deadline_fails_at_once(
     error = await _fails(plain_registry, proxy, resolver_factory)
     assert error.reason is Reason.RATE_LIMITED
     assert len(proxy.requests()) == 1  # did not wait an hour, did not hammer either
+
+
+async def test_429_with_an_http_date_an_hour_ahead_fails_at_once(
+    plain_registry: Seeded, proxy: FaultProxy, resolver_factory: Callable[..., Any]
+) -> None:
+    # Read as a date, the wait is beyond the deadline; unread, our backoff would retry it.
+    proxy.retry_after = email.utils.formatdate(time.time() + 3600, usegmt=True)
+    proxy.set("429")
+    error = await _fails(plain_registry, proxy, resolver_factory)
+    assert error.reason is Reason.RATE_LIMITED
+    assert len(proxy.requests()) == 1
 
 
 async def test_500_once_is_retried(

@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import datetime as dt
+import email.utils
 import json
 import logging
 import re
@@ -55,7 +57,7 @@ from archaudit.registry.credentials import Credential
 from archaudit.registry.mirrors import EMPTY, Endpoint, RegistriesConfig, TLSConfig
 from archaudit.registry.safety import GuardedResolver, HostGuard
 
-__all__ = ["ClientOptions", "Observer", "RegistryClient", "TagLookup"]
+__all__ = ["ClientOptions", "Observer", "RegistryClient", "TagLookup", "retry_after"]
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +157,25 @@ def _parse_ratelimit(value: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date (RFC 9110 10.2.3).
+
+    None when absent or unreadable (the caller's own backoff applies); `now` is Unix time, for tests.
+    """
     if not value:
         return None
+    text = value.strip()
     try:
-        return max(float(value.strip()), 0.0)
+        return max(float(text), 0.0)
     except ValueError:
-        return None  # an HTTP-date: rare from registries; fall back to our own backoff
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is always GMT; a naive result means it said "-0000"
+        when = when.replace(tzinfo=dt.UTC)
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
 def _error_code(body: bytes) -> str:
@@ -661,7 +675,7 @@ class RegistryClient:
                     method, data = ("HEAD" if method == "HEAD" else "GET"), None
                 continue
             if resp.status in _RETRYABLE:
-                wait = _retry_after(resp.headers.get("Retry-After"))
+                wait = retry_after(resp.headers.get("Retry-After"))
                 if wait is None:
                     wait = self._backoff(retries)
                 if retries >= self.options.max_retries or not self._can_wait(loop, attempt, wait):
