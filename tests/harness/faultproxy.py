@@ -85,6 +85,8 @@ class FaultProxy:
         self.ratelimit_remaining = "42;w=21600"
         self.latency = 0.2
         self.seen: list[Seen] = []
+        self.in_flight = 0  # requests being answered now
+        self.max_in_flight = 0  # the most at once since the last set()
         self._lock = threading.Lock()
         self._session: aiohttp.ClientSession | None = None
         app = web.Application()
@@ -111,6 +113,7 @@ class FaultProxy:
         with self._lock:
             self.mode, self.times = mode, times
             self.seen = []
+            self.max_in_flight = self.in_flight
 
     def requests(self, *, kind: str = "") -> list[Seen]:
         """What the client asked so far (kind "manifests" or "blobs" filters by path)."""
@@ -146,9 +149,16 @@ class FaultProxy:
         return self._session
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        await self._delay()
-        mode = self._fault_now(request)
-        response = await self._respond(request, mode)
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await self._delay()
+            mode = self._fault_now(request)
+            response = await self._respond(request, mode)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
         with self._lock:
             self.seen.append(
                 Seen(request.method, request.path_qs, response.status, "Authorization" in request.headers)

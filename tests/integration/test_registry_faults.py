@@ -19,6 +19,7 @@ from archaudit.errors import Reason, ResolutionError
 from archaudit.registry.credentials import Credential
 from tests.conftest import Seeded
 from tests.harness.faultproxy import BOGUS_DIGEST, FaultProxy
+from tests.harness.registry import seed_many
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -268,3 +269,18 @@ async def test_mirror_first_with_ns_then_default_endpoint(
     assert (await other.resolve(sample.reference)).image.digest == sample.digest
     # like containerd, each operation (resolve the tag, fetch the digest) tries the mirror first
     assert [(s.method, s.status) for s in proxy.requests()] == [("HEAD", 500), ("GET", 500)]
+
+
+async def test_requests_to_one_registry_are_capped(
+    plain_registry: Seeded, proxy: FaultProxy, resolver_factory: Callable[..., Any]
+) -> None:
+    # A far registry (every answer 0.2 s late) and 12 images wanted at once: never more than
+    # concurrency_per_registry requests in flight to it, and that many are used.
+    refs = [proxy.ref(r) for r in seed_many(plain_registry.registry, 12, prefix="capped")]
+    proxy.latency = 0.2
+    proxy.set("latency")
+    resolver = resolver_factory(plain_registry, host=proxy.host, concurrency_per_registry=3)
+    results = await resolver.resolve_many(refs)
+    assert all(not isinstance(r, ResolutionError) for r in results), results
+    assert proxy.max_in_flight == 3
+    assert len(proxy.requests()) >= 2 * len(refs)  # HEAD + GET each, at least
