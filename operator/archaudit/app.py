@@ -107,6 +107,7 @@ def configure_logging(settings: config.LogSettings) -> None:
 # --- the webhook server: kopf's TLS server, answering with archaudit's admission ----------------------
 
 ReviewFn = Callable[..., Awaitable[Mapping[str, Any]]]
+_MAX_REVIEW_BYTES = 8 * 1024 * 1024
 
 
 class WebhookServer(kopf.WebhookServer):
@@ -136,6 +137,9 @@ class WebhookServer(kopf.WebhookServer):
 
         if request.match_info.get("id") not in webhook.WEBHOOKS:
             return web.json_response({"error": f"no webhook at {request.path}"}, status=404)
+        # aiohttp's default cap is 1 MiB; an UPDATE review carries the object twice, each up to the
+        # apiserver's 3 MiB request limit. Refused, it would be admitted unchecked (failurePolicy Ignore).
+        request = request.clone(client_max_size=_MAX_REVIEW_BYTES)
         try:
             data = json.loads(await request.read())
         except (ValueError, UnicodeDecodeError):

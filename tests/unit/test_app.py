@@ -133,6 +133,21 @@ async def test_well_formed_review_reaches_the_handlers(
     assert len(seen) == 1
 
 
+async def test_a_review_of_a_large_object_is_read_whole(
+    webhook_url: tuple[str, ssl.SSLContext, list[Any]],
+) -> None:
+    # An UPDATE of a big pod: object and oldObject, 1.5 MiB each (etcd's object limit).
+    big = {"kind": "Pod", "metadata": {"name": "p", "annotations": {"a": "x" * 1_500_000}}, "spec": {}}
+    body = review(operation="UPDATE", object=big, oldObject=big)
+    url, ctx, seen = webhook_url
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/pods", json=body, ssl=ctx) as resp,
+    ):
+        assert resp.status == 200
+    assert len(seen) == 1
+
+
 async def test_unknown_webhook_path_is_404(webhook_url: tuple[str, ssl.SSLContext, list[Any]]) -> None:
     url, ctx, seen = webhook_url
     async with (
