@@ -221,6 +221,8 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         rt.stop.set()
         for task in rt.tasks:
             task.cancel()
+        # The leader releases its Lease on the way out (a standby takes over at once): let it finish.
+        await asyncio.gather(*rt.tasks, return_exceptions=True)
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
     async def node_event(event: Mapping[str, Any], **_: Any) -> None:

@@ -260,8 +260,8 @@ class LeaseElector:
                 renewed = dt.datetime.fromisoformat(renew.replace("Z", "+00:00"))
                 age = (dt.datetime.now(dt.UTC) - renewed).total_seconds()
                 expired = age > float(current.get("leaseDurationSeconds") or self.duration)
-            if holder != self.identity and not expired:
-                return False
+            if holder and holder != self.identity and not expired:
+                return False  # an empty holder is a released Lease: free at once
             if holder != self.identity:
                 spec["acquireTime"] = now
             lease["spec"] = {**current, **spec}
@@ -273,16 +273,58 @@ class LeaseElector:
                 return False
             raise
 
+    def _release_now(self) -> bool:
+        """Blocking: empty the holder of the Lease if it is still ours. True when released."""
+        coord = self.api.coordination
+        try:
+            response = coord.read_namespaced_lease(
+                self.name, self.namespace, _request_timeout=_TIMEOUT, _preload_content=False
+            )
+            lease = self.api._raw(response)
+            current = lease.get("spec") or {}
+            if current.get("holderIdentity") != self.identity:
+                return False  # lost already: someone else's Lease now, not ours to touch
+            now = self._now()
+            lease["spec"] = {**current, "holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": now}
+            # resourceVersion in the body: a standby that took it meanwhile makes this a 409, not a theft.
+            coord.replace_namespaced_lease(
+                self.name, self.namespace, lease, _request_timeout=_TIMEOUT, _preload_content=False
+            )
+        except ApiException as e:
+            if e.status in (404, 409):
+                return False
+            raise
+        # Logged here, not by the awaiting task: a shutdown may cancel that task while this finishes.
+        log.info("leader election: released Lease %s/%s", self.namespace, self.name)
+        return True
+
+    async def release(self) -> None:
+        """Give the Lease up now (on a clean stop), if this replica holds it."""
+        was_leading, self.leading = self.leading, False
+        if not was_leading:
+            return
+        self.changed.set()
+        # One worker thread does read and replace: once started it finishes even if this task is
+        # cancelled again (asyncio.run waits for the default executor's threads at exit).
+        try:
+            await asyncio.to_thread(self._release_now)
+        except Exception as e:
+            log.warning("leader election: could not release Lease %s/%s: %s", self.namespace, self.name, e)
+
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                leading = await self.try_acquire()
-            except Exception as e:
-                log.warning("leader election: %s", e)
-                leading = False
-            if leading != self.leading:
-                self.leading = leading
-                log.info("leader election: %s", "leading" if leading else "standing by")
-                self.changed.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.duration / 3)
+        """Acquire or renew every `duration / 3` seconds until `stop` (or cancellation), then release."""
+        try:
+            while not stop.is_set():
+                try:
+                    leading = await self.try_acquire()
+                except Exception as e:
+                    log.warning("leader election: %s", e)
+                    leading = False
+                if leading != self.leading:
+                    self.leading = leading
+                    log.info("leader election: %s", "leading" if leading else "standing by")
+                    self.changed.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.duration / 3)
+        finally:
+            await self.release()

@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 import re
+import signal
 import ssl
 import time
 import urllib.request
@@ -40,6 +42,7 @@ RESYNC_SECONDS = 3
 AUDIT_WAIT = 90.0
 START_WAIT = 120.0  # two Python operators starting at once on two busy cores
 CPU_SLACK = 15.0  # a loaded machine delays a renewal loop by this much at worst, in practice
+WEBHOOK_CONFIGURATION = f"archaudit-leader-test-{uuid.uuid4().hex[:6]}"  # registered by nobody
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,13 @@ class Replica:
     def pid(self) -> int:
         assert self.op.service.proc is not None
         return self.op.service.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL, as a node failure or an OOM kill: no clean-up of any kind runs."""
+        proc = self.op.service.proc
+        assert proc is not None
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
     def holds(self, holder: str | None) -> bool:
         """Lease identities are `<hostname>-<pid>`: both replicas share the host, never the pid."""
@@ -73,6 +83,18 @@ class Replica:
         return None
 
 
+def _replica_env(plain_registry: Seeded) -> dict[str, str]:
+    return {
+        "ARCHAUDIT_CLUSTER_NAMESPACE": CLUSTER_NAMESPACE,
+        "ARCHAUDIT_WEBHOOK_CONFIGURATION_NAME": WEBHOOK_CONFIGURATION,
+        "ARCHAUDIT_REGISTRY_INSECURE": plain_registry.registry.host,
+        "ARCHAUDIT_REGISTRY_TIMEOUT_SECONDS": "3",
+        "ARCHAUDIT_AUDIT_ENABLED": "true",
+        "ARCHAUDIT_AUDIT_RESYNC_SECONDS": str(RESYNC_SECONDS),
+        "ARCHAUDIT_AUDIT_DEBOUNCE_SECONDS": "0.2",
+    }
+
+
 @pytest.fixture(scope="module")
 def replicas(
     cluster: Cluster, plain_registry: Seeded, tmp_path_factory: pytest.TempPathFactory
@@ -81,16 +103,8 @@ def replicas(
     directory = tmp_path_factory.mktemp("audit-leader")
     install_imageaudit_crd(cluster, directory)
     ensure_namespace(cluster.admin, CLUSTER_NAMESPACE)
-    env = {
-        "ARCHAUDIT_CLUSTER_NAMESPACE": CLUSTER_NAMESPACE,
-        "ARCHAUDIT_WEBHOOK_CONFIGURATION_NAME": f"archaudit-leader-test-{uuid.uuid4().hex[:6]}",
-        "ARCHAUDIT_REGISTRY_INSECURE": plain_registry.registry.host,
-        "ARCHAUDIT_REGISTRY_TIMEOUT_SECONDS": "3",
-        "ARCHAUDIT_AUDIT_ENABLED": "true",
-        "ARCHAUDIT_AUDIT_RESYNC_SECONDS": str(RESYNC_SECONDS),
-        "ARCHAUDIT_AUDIT_DEBOUNCE_SECONDS": "0.2",
-    }
     log_dir = directory / "logs"
+    env = _replica_env(plain_registry)
     ops = [Operator(kubeconfig=cluster.kubeconfig, log_dir=log_dir, env=env) for _ in range(2)]
     try:
         for op in ops:
@@ -270,10 +284,10 @@ def test_both_replicas_admit_and_one_audits_then_the_other_takes_over(
     lease = _lease(cluster)
     assert leader.holds(lease.spec.holder_identity)
 
-    # The leader goes away without a word: the standby waits out the lease, then audits at once.
+    # The leader dies without a word (SIGKILL: no release): the standby waits out the lease, then audits.
     duration = float(lease.spec.lease_duration_seconds)
     stopped_at = time.monotonic()
-    leader.op.stop()
+    leader.kill()
     last_renewal = _micro(_lease(cluster).spec.renew_time)
     bound = duration + duration / 3 + CPU_SLACK  # expiry, then one renew period of the standby
     wait_until(
@@ -288,7 +302,7 @@ def test_both_replicas_admit_and_one_audits_then_the_other_takes_over(
     assert acquired - last_renewal >= dt.timedelta(seconds=duration), (
         f"the standby took a live lease: acquired {acquired}, last renewal {last_renewal}"
     )
-    print(f"\ntakeover {takeover:.1f}s after the leader stopped (lease duration {duration:.0f}s)")
+    print(f"\ntakeover {takeover:.1f}s after the leader was killed (lease duration {duration:.0f}s)")
 
     # The new leader trusts the reports it finds: the unchanged one is left alone, no second Event.
     _full_audits_after(standby, 1)
@@ -314,3 +328,38 @@ def test_both_replicas_admit_and_one_audits_then_the_other_takes_over(
     )
     _full_audits_after(standby, 1)
     assert len(_mismatch_events(cluster, namespace, "Deployment", "late")) == 1
+
+
+def test_a_leader_that_stops_cleanly_hands_over_at_once(
+    cluster: Cluster, replicas: list[Replica], plain_registry: Seeded, tmp_path: Path
+) -> None:
+    """A clean stop (SIGTERM, as on a rolling update) releases the Lease: no wait of a lease duration."""
+    live = [r for r in replicas if r.op.service.alive()]
+    env = _replica_env(plain_registry)
+    newcomer = Replica(Operator(kubeconfig=cluster.kubeconfig, log_dir=tmp_path, env=env))
+    newcomer.op.start(timeout=START_WAIT)
+    try:
+        candidates = [*live, newcomer]
+
+        def holder() -> Replica | None:
+            lease = _lease(cluster)
+            return next((r for r in candidates if lease and r.holds(lease.spec.holder_identity)), None)
+
+        leader = wait_until(holder, timeout=AUDIT_WAIT, what=f"a replica to hold Lease {LEASE}")
+        duration = float(_lease(cluster).spec.lease_duration_seconds)
+        stopped_at = time.monotonic()
+        leader.op.stop()
+        after = _lease(cluster)
+        assert after is not None
+        assert not leader.holds(after.spec.holder_identity), f"a stopped leader still holds: {after.spec}"
+        assert "released Lease" in leader.op.service.log_path.read_text()
+        successor = wait_until(
+            holder,
+            timeout=duration / 3 + CPU_SLACK,
+            what=f"a replica to take the released Lease {LEASE}",
+        )
+        handover = time.monotonic() - stopped_at
+        assert successor is not leader
+        print(f"\nhandover {handover:.1f}s after a clean stop (lease duration {duration:.0f}s)")
+    finally:
+        newcomer.op.stop()

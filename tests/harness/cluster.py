@@ -48,6 +48,7 @@ REQUIRED_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-
 KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 SERVICE_CIDR = "10.0.0.0/24"
 POD_CIDR = "10.244.0.0/16"  # apart from the service range, so pod IPs kwok hands out never clash
+NODE_LEASE_SECONDS = 40  # what a kubelet uses (kwok renews a node Lease this long)
 
 # On 2 busy cores a cold kube-apiserver needs up to a minute to install its post-start hooks.
 APISERVER_READY_SECONDS = 120.0
@@ -497,6 +498,10 @@ class Cluster:
                 f"--config={self.bin_dir / 'kwok-stages.yaml'}",
                 f"--server-address=127.0.0.1:{self.ports.kwok}",
                 f"--cidr={POD_CIDR}",
+                # A Lease per node renewed as kubelets do. Without it (kwok's default) the node
+                # lifecycle controller sees every node miss its grace period between kwok's rare status
+                # heartbeats: nodes flap to Unknown and back, and their pods with them.
+                f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
             ],
         )
         for svc, url in (
