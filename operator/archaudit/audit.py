@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import logging
 import socket
+import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,7 +30,8 @@ from typing import Any
 import kopf
 
 from archaudit import policy, reports, scheduling, workloads
-from archaudit.auditstore import AuditStore, controller_ref
+from archaudit.auditstore import AuditStore
+from archaudit.config import AuditSettings
 from archaudit.context import Context
 from archaudit.errors import InvalidReference, Reason, ResolutionError
 from archaudit.kube import KubeApi, load_client
@@ -37,7 +39,7 @@ from archaudit.manifests import ImagePlatforms
 from archaudit.reference import parse as parse_reference
 from archaudit.reports import Container, PodFacts, RuntimeEvidence, WorkloadRef
 
-__all__ = ["Auditor", "register"]
+__all__ = ["Auditor", "configure_kopf", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +47,32 @@ _LEADER_POLL_SECONDS = 5.0
 _RETRY_SECONDS = 30.0  # a workload whose audit failed (apiserver hiccup) is tried again this soon
 _RESOLVE_GUARD_SECONDS = 60.0  # beyond the resolver's own deadline: a stuck lookup must not stall a pass
 _MAX_EVENT_EVIDENCE = 5000  # pods remembered with runtime evidence from Events
+# The first pass waits for kopf's initial pod listing (paged: it takes a while at 10,000 pods), so that
+# no report is written over part of a workload's pods and then again; bounded, and given up when the
+# count stops moving (pods deleted meanwhile).
+_LISTING_WAIT_SECONDS = 300.0
+_LISTING_STALL_SECONDS = 10.0
+
+_CORE_EVENTS = ("", "v1", "events")  # kopf selector of core/v1 Events (not events.k8s.io)
 
 ParentKey = tuple[str, str]  # (namespace, uid of the pod's controller, or of the pod itself)
 WorkloadKey = tuple[str, str, str]  # (namespace, kind, name)
 Resolved = ImagePlatforms | ResolutionError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Pod:
-    """The little of a pod the auditor keeps: who owns it, where it runs, what it runs, what went wrong."""
+    """The little of a pod the auditor keeps: who owns it, where it runs, what it runs, what went wrong.
+
+    Kept for every pod in the cluster, so it holds no part of the pod's body: the fields pods of one
+    ReplicaSet have in common (controller, spec subset, containers) are shared objects (`_Interner`),
+    and only name and uid are the pod's own.
+    """
 
     namespace: str
     name: str
     uid: str
-    owner_refs: tuple[Mapping[str, Any], ...]
+    controller: Mapping[str, Any] | None  # the ownerReference marked controller, if any
     node_name: str
     spec: Mapping[str, Any]  # scheduling and pull-credential fields only
     containers: tuple[Container, ...]
@@ -66,8 +80,8 @@ class _Pod:
 
     @property
     def parent(self) -> ParentKey:
-        ref = controller_ref(self.as_object())
-        return (self.namespace, ref.uid if ref else self.uid)
+        uid = self.controller.get("uid") if self.controller else None
+        return (self.namespace, str(uid) if uid else self.uid)
 
     def as_object(self) -> dict[str, Any]:
         """Enough of the Pod object for workloads.top_level_owner and owner reads."""
@@ -78,7 +92,7 @@ class _Pod:
                 "name": self.name,
                 "namespace": self.namespace,
                 "uid": self.uid,
-                "ownerReferences": list(self.owner_refs),
+                "ownerReferences": [self.controller] if self.controller else [],
             },
         }
 
@@ -91,19 +105,54 @@ _SPEC_KEYS = (
     "serviceAccountName",
     "serviceAccount",
 )
+_OWNER_KEYS = ("apiVersion", "kind", "name", "uid", "controller")
 
 
-def pod_record(obj: Mapping[str, Any]) -> _Pod:
+class _Interner:
+    """One shared copy of each distinct value pods have in common (50 replicas, one spec).
+
+    Keyed by a canonical form; the table is cleared when it grows past `limit` distinct values, which
+    costs only sharing (pods seen before keep their copies), never correctness.
+    """
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self.limit = limit
+        self._values: dict[Any, Any] = {}
+
+    def share(self, key: Any, value: Any) -> Any:
+        found = self._values.get(key)
+        if found is not None:
+            return found
+        if len(self._values) >= self.limit:
+            self._values.clear()
+        self._values[key] = value
+        return value
+
+    def mapping(self, value: Mapping[str, Any]) -> Mapping[str, Any]:
+        return self.share(json.dumps(value, sort_keys=True, default=str), value)  # type: ignore[no-any-return]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def pod_record(obj: Mapping[str, Any], shared: _Interner | None = None) -> _Pod:
+    shared = _Interner() if shared is None else shared
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
+    owner = next((r for r in meta.get("ownerReferences") or () if r.get("controller")), None)
+    controller = shared.mapping({k: owner[k] for k in _OWNER_KEYS if k in owner}) if owner else None
+    containers = tuple(
+        Container(sys.intern(str(name)), sys.intern(image))
+        for _s, name, image in workloads.containers_of(spec)
+    )
     return _Pod(
-        namespace=str(meta.get("namespace", "")),
+        namespace=sys.intern(str(meta.get("namespace", ""))),
         name=str(meta.get("name", "")),
         uid=str(meta.get("uid", "")),
-        owner_refs=tuple(meta.get("ownerReferences") or ()),
-        node_name=str(spec.get("nodeName") or ""),
-        spec={k: spec[k] for k in _SPEC_KEYS if k in spec},
-        containers=tuple(Container(name, image) for _s, name, image in workloads.containers_of(spec)),
+        controller=controller,
+        node_name=sys.intern(str(spec.get("nodeName") or "")),
+        spec=shared.mapping({k: spec[k] for k in _SPEC_KEYS if k in spec}),
+        containers=shared.share(containers, containers),
         evidence=reports.evidence_from_pod(obj),
     )
 
@@ -152,6 +201,7 @@ class Auditor:
     ctx_getter: Callable[[], Context]
     store_factory: Callable[[Context], AuditStore] = field(default=lambda ctx: AuditStore(_api_of(ctx)))
     pods: dict[str, _Pod] = field(default_factory=dict)  # uid -> pod
+    shared: _Interner = field(default_factory=_Interner)  # what the pods of one ReplicaSet share
     by_parent: dict[ParentKey, set[str]] = field(default_factory=dict)
     by_name: dict[tuple[str, str], str] = field(default_factory=dict)  # (namespace, pod name) -> uid
     workload_of: dict[ParentKey, WorkloadRef] = field(default_factory=dict)
@@ -168,6 +218,7 @@ class Auditor:
     passes: int = 0  # completed passes, for tests and logs
     _store: AuditStore | None = None
     _statuses_loaded: bool = False
+    _listed: bool = False  # the initial pod listing has arrived (or was waited for long enough)
 
     # --- watch handlers: memory only ------------------------------------------------------------------
 
@@ -181,7 +232,7 @@ class Auditor:
             if old is not None:
                 self._forget(old)
             return
-        record = pod_record(obj)
+        record = pod_record(obj, self.shared)
         if record == old:
             return  # a status change that says nothing new to us (readiness, IPs, ...)
         if old is not None:
@@ -259,6 +310,8 @@ class Auditor:
             if not leader:
                 continue
             full = self.full_due or time.monotonic() >= next_full
+            if not self._listed:
+                await self._wait_for_listing(stop)
             try:
                 failed = await self.audit_pass(full=full)
             except Exception:
@@ -268,6 +321,29 @@ class Auditor:
                 next_full = time.monotonic() + settings.resync_seconds
             elif failed:
                 next_full = min(next_full, time.monotonic() + _RETRY_SECONDS)
+
+    async def _wait_for_listing(self, stop: asyncio.Event) -> None:
+        """Until the store holds as many pods as the cluster had when asked, within bounds."""
+        try:
+            expected = await self._store_for(self.ctx_getter()).count_pods()
+        except Exception as e:
+            log.warning("cannot count pods (%s): auditing what is listed so far", e)
+            return
+        started = progressed = time.monotonic()
+        seen = len(self.pods)
+        if seen < expected:
+            log.info("waiting for the initial pod listing: %d of %d pods", seen, expected)
+        while len(self.pods) < expected and not stop.is_set():
+            now = time.monotonic()
+            if len(self.pods) != seen:
+                seen, progressed = len(self.pods), now
+            if now - started > _LISTING_WAIT_SECONDS or now - progressed > _LISTING_STALL_SECONDS:
+                log.warning("initial pod listing incomplete (%d of %d pods): auditing those", seen, expected)
+                break
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+        self._listed = True
 
     async def audit_pass(self, *, full: bool) -> bool:
         """One pass over the dirty workloads (all when `full`); True when some audit failed."""
@@ -400,14 +476,14 @@ class Auditor:
 
     def _facts(self, ctx: Context, pods: Sequence[_Pod], exempt: Sequence[str]) -> list[PodFacts]:
         universe = ctx.schedulable_universe()
-        memo: dict[str, tuple[scheduling.Node, ...]] = {}
+        # Pods of one ReplicaSet share one spec object (pod_record): one scheduling answer for all.
+        memo: dict[int, tuple[scheduling.Node, ...]] = {}
         facts = []
         for pod in pods:
             # A scheduled pod's nodeName pins it; the question is where else it may go (AtRisk).
-            spec_key = json.dumps(pod.spec, sort_keys=True, default=str)
-            candidates = memo.get(spec_key)
+            candidates = memo.get(id(pod.spec))
             if candidates is None:
-                candidates = memo[spec_key] = tuple(scheduling.candidates(pod.spec, universe))
+                candidates = memo[id(pod.spec)] = tuple(scheduling.candidates(pod.spec, universe))
             containers = tuple(c for c in pod.containers if not policy.image_exempt(c.image, exempt))
             if not containers:
                 continue
@@ -514,6 +590,26 @@ async def _announce(store: AuditStore, workload: WorkloadRef, audit: reports.Aud
         log.warning("could not create an event for %s in %s: %s", workload, workload.namespace, e)
 
 
+def configure_kopf(settings: kopf.OperatorSettings, audit: AuditSettings | None = None) -> None:
+    """kopf settings that keep the auditor's cluster-wide watches small (applied at operator start-up).
+
+    Measured with tests/bench/test_bench_audit.py (figures in BENCHMARKS.md): at 10,000 pods the peak
+    was the initial LIST parsed in one piece, plus one kopf worker per pod keeping that pod's body
+    for `queueing.idle_timeout`; the unfiltered Events watch added a Scheduled Event per pod.
+    """
+    audit = audit or AuditSettings()
+    if audit.list_chunk_size > 0:
+        settings.watching.chunk_size = audit.list_chunk_size
+    settings.watching.initial_streaming = audit.initial_streaming
+    settings.queueing.idle_timeout = audit.worker_idle_seconds
+    if audit.watch_events and audit.events_field_selector:
+        settings.watching.field_selectors[_CORE_EVENTS] = audit.events_field_selector
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # kopf logs "Handler ... succeeded" at INFO for every pod and Event it hands us: 25,000 lines
+        # at 10,000 pods that say nothing an operator of archaudit can act on.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+
+
 def register(registry: kopf.OperatorRegistry, ctx_getter: Callable[[], Context]) -> Auditor:
     """Add the auditor's watch handlers and its worker's start and stop to `registry`."""
     auditor = Auditor(ctx_getter)
@@ -521,7 +617,8 @@ def register(registry: kopf.OperatorRegistry, ctx_getter: Callable[[], Context])
     tasks: list[asyncio.Task[None]] = []
 
     @kopf.on.startup(registry=registry)
-    async def start_auditor(**_: Any) -> None:
+    async def start_auditor(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_kopf(settings, ctx_getter().settings.audit)  # before kopf starts any watch
         tasks.append(asyncio.create_task(auditor.run(stop), name="archaudit-auditor"))
 
     @kopf.on.cleanup(registry=registry)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from archaudit import reports, workloads
@@ -147,25 +147,62 @@ def _compact(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class AuditStore:
-    """ImageAudit reads and writes, Events, owner reads: the auditor's whole API surface."""
+    """ImageAudit reads and writes, Events, owner reads: the auditor's whole API surface.
+
+    Plain REST calls through the client's ApiClient rather than its generated API classes: creating
+    AppsV1Api, BatchV1Api and CustomObjectsApi imports some hundred model modules (about 7 MiB of
+    the operator's memory) for three paths the auditor can spell itself.
+    """
 
     def __init__(self, api: KubeApi) -> None:
         self.api = api
-        self.custom = kubernetes.client.CustomObjectsApi(api.client)
-        self.apps = kubernetes.client.AppsV1Api(api.client)
-        self.batch = kubernetes.client.BatchV1Api(api.client)
         self.owners = OwnerCache(self.read_owner)
 
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("_request_timeout", _TIMEOUT)
-        kwargs.setdefault("_preload_content", False)
-        response = await asyncio.to_thread(fn, *args, **kwargs)
-        return json.loads(response.data)
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        return await asyncio.to_thread(self._request_now, method, path, query or {}, body, content_type)
+
+    def _request_now(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        body: Mapping[str, Any] | None,
+        content_type: str,
+    ) -> Any:
+        client = self.api.client
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        _method, url, headers, payload, _post = client.param_serialize(
+            method,
+            path,
+            query_params=list(query.items()),
+            header_params=headers,
+            body=dict(body) if body is not None else None,
+            auth_settings=["BearerToken"],
+        )
+        response = client.call_api(
+            method, url, header_params=headers, body=payload, _request_timeout=_TIMEOUT
+        )
+        data: bytes = response.read() or b""  # type: ignore[no-untyped-call]
+        if not 200 <= response.status <= 299:
+            text = data.decode("utf-8", "replace")
+            raise ApiException.from_response(http_resp=response, body=text, data=None)
+        return json.loads(data)
 
     async def read_owner(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        read = {"ReplicaSet": self.apps.read_namespaced_replica_set, "Job": self.batch.read_namespaced_job}
+        plural = {"ReplicaSet": "replicasets", "Job": "jobs"}[kind]
+        path = f"/apis/{_FETCHED[kind]}/namespaces/{_quote(namespace)}/{plural}/{_quote(name)}"
         try:
-            result: dict[str, Any] = await self._call(read[kind], name, namespace)
+            result: dict[str, Any] = await self._request("GET", path)
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -175,28 +212,28 @@ class AuditStore:
     async def top_level(self, pod: Mapping[str, Any]) -> reports.WorkloadRef:
         return await self.owners.workload_of(pod)
 
+    async def count_pods(self) -> int:
+        """How many pods the cluster has now, without reading them (limit=1 and remainingItemCount)."""
+        page = await self._request("GET", "/api/v1/pods", query={"limit": "1"})
+        items = page.get("items") or []
+        return len(items) + int((page.get("metadata") or {}).get("remainingItemCount") or 0)
+
     async def list_audits(self) -> list[dict[str, Any]]:
-        result = await self._call(self.custom.list_cluster_custom_object, _GROUP, _VERSION, _PLURAL)
+        result = await self._request("GET", f"/apis/{_GROUP}/{_VERSION}/{_PLURAL}")
         items: list[dict[str, Any]] = result.get("items") or []
         return items
 
     async def create_audit(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Create the ImageAudit; if it exists already, return the existing one."""
         namespace = body["metadata"]["namespace"]
+        collection = _audits_path(namespace)
         try:
-            created: dict[str, Any] = await self._call(
-                self.custom.create_namespaced_custom_object, _GROUP, _VERSION, namespace, _PLURAL, body
-            )
+            created: dict[str, Any] = await self._request("POST", collection, body=body)
         except ApiException as e:
             if e.status != 409:
                 raise
-            existing: dict[str, Any] = await self._call(
-                self.custom.get_namespaced_custom_object,
-                _GROUP,
-                _VERSION,
-                namespace,
-                _PLURAL,
-                body["metadata"]["name"],
+            existing: dict[str, Any] = await self._request(
+                "GET", f"{collection}/{_quote(body['metadata']['name'])}"
             )
             return existing
         return created
@@ -204,15 +241,11 @@ class AuditStore:
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Replace the report's status (a merge patch; every key is always present). False: no such object."""
         try:
-            await self._call(
-                self.custom.patch_namespaced_custom_object_status,
-                _GROUP,
-                _VERSION,
-                namespace,
-                _PLURAL,
-                name,
-                {"status": dict(status)},
-                _content_type="application/merge-patch+json",
+            await self._request(
+                "PATCH",
+                f"{_audits_path(namespace)}/{_quote(name)}/status",
+                body={"status": dict(status)},
+                content_type="application/merge-patch+json",
             )
         except ApiException as e:
             if e.status == 404:
@@ -222,3 +255,11 @@ class AuditStore:
 
     async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
         await self.api.create_event(namespace, body)
+
+
+def _quote(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+def _audits_path(namespace: str) -> str:
+    return f"/apis/{_GROUP}/{_VERSION}/namespaces/{_quote(namespace)}/{_PLURAL}"

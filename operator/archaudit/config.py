@@ -99,6 +99,14 @@ class AuditSettings:
     refresh_seconds: float = 3600.0
     watch_events: bool = True  # read runtime evidence (pull errors) from core/v1 Events too
     concurrency: int = 8  # images resolved at once by the auditor (the webhook has priority)
+    # -- memory at cluster scale (audit.configure_kopf): the watches' initial LIST is the peak.
+    list_chunk_size: int = 100  # objects per page of a watch's initial LIST; 0 = all in one response
+    # Kubernetes >= 1.34: the initial state arrives as watch events (sendInitialEvents), no LIST at all.
+    initial_streaming: bool = False
+    # How long kopf keeps an idle per-object worker, and with it the object's last body, after an event.
+    worker_idle_seconds: float = 0.1
+    # Server-side filter of the core/v1 Events watch: runtime evidence is only in Warnings about Pods.
+    events_field_selector: str = "type=Warning,involvedObject.kind=Pod"
 
 
 @dataclass(frozen=True)

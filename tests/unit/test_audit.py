@@ -7,13 +7,18 @@ same code then runs against the apiserver in tests/e2e/test_audit.py.
 
 from __future__ import annotations
 
+import asyncio
 import copy
-from typing import Any
+import logging
+from typing import Any, cast
 
+import kopf
 import pytest
 
-from archaudit.audit import Auditor, pod_record
+from archaudit import audit
+from archaudit.audit import Auditor, configure_kopf, pod_record
 from archaudit.auditstore import OwnerCache
+from archaudit.config import AuditSettings
 from archaudit.reports import EvidenceKind, WorkloadRef
 
 
@@ -52,6 +57,36 @@ def test_pod_record_keeps_only_what_the_audit_reads() -> None:
     assert record.node_name == "arm64-1"
     assert record.parent == ("shop", "uid-rs")
     assert pod_record(_pod()).parent == ("shop", "uid-web-1")  # a bare pod is its own workload
+
+
+def test_pods_of_one_replicaset_share_what_they_have_in_common() -> None:
+    # Kept for every pod of the cluster: 50 replicas must cost one spec, not 50 copies of it.
+    auditor = _auditor()
+    for i in range(3):
+        auditor.on_pod(None, _pod(f"web-{i}", owner=RS_REF, node=f"arm64-{i}"))
+    other = {**RS_REF, "name": "api-5d1", "uid": "uid-rs-api"}
+    auditor.on_pod(None, _pod("api-0", owner=other))
+    web = [auditor.pods[f"uid-web-{i}"] for i in range(3)]
+    api = auditor.pods["uid-api-0"]
+    assert all(p.spec is web[0].spec and p.containers is web[0].containers for p in web)
+    assert all(p.controller is web[0].controller for p in web)
+    assert api.spec is web[0].spec, "same scheduling fields, other ReplicaSet: still one copy"
+    assert api.controller is not web[0].controller
+    assert api.controller == {**other, "controller": True}
+    assert [p.node_name for p in web] == ["arm64-0", "arm64-1", "arm64-2"]
+    assert api.as_object()["metadata"]["ownerReferences"] == [{**other, "controller": True}]
+
+
+def test_the_shared_table_is_bounded() -> None:
+    auditor = _auditor()
+    auditor.shared.limit = 10
+    for i in range(25):
+        selector = {"kubernetes.io/hostname": f"node-{i}"}
+        obj = _pod(f"pinned-{i}")
+        obj["spec"]["nodeSelector"] = selector
+        auditor.on_pod(None, obj)
+        assert auditor.pods[f"uid-pinned-{i}"].spec == {"nodeSelector": selector}
+    assert len(auditor.shared) <= 10
 
 
 def test_pod_record_reads_runtime_evidence() -> None:
@@ -142,6 +177,93 @@ def test_events_bring_evidence_to_the_pods_workload() -> None:
     auditor.on_kube_event(event)  # the same evidence again (the kubelet repeats itself)
     assert auditor.dirty == set()
     assert len(auditor.event_evidence[("shop", "web-1")]) == 1
+
+
+# --- the first pass waits for the initial listing ----------------------------------------------------
+
+
+class CountingStore:
+    """The one store call the wait makes: how many pods the cluster has."""
+
+    def __init__(self, pods: int) -> None:
+        self.pods = pods
+
+    async def count_pods(self) -> int:
+        return self.pods
+
+
+def _listing_auditor(pods: int) -> Auditor:
+    store = CountingStore(pods)
+    return Auditor(lambda: cast(Any, "ctx"), store_factory=lambda _ctx: cast(Any, store))
+
+
+async def test_the_first_pass_waits_for_every_pod_of_the_listing() -> None:
+    auditor = _listing_auditor(3)
+    waiting = asyncio.create_task(auditor._wait_for_listing(asyncio.Event()))
+    for i in range(2):
+        auditor.on_pod(None, _pod(f"web-{i}", owner=RS_REF))
+        for _ in range(5):
+            await asyncio.sleep(0)  # let the waiting task look (a yield, not a wait on time)
+        assert not waiting.done(), f"stopped waiting at {i + 1} of 3 pods"
+    auditor.on_pod(None, _pod("web-2", owner=RS_REF))
+    await asyncio.wait_for(waiting, timeout=5)
+
+
+async def test_a_listing_that_stops_short_is_not_waited_for_forever(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit, "_LISTING_STALL_SECONDS", 0.2)  # pods deleted while listing
+    auditor = _listing_auditor(5)
+    auditor.on_pod(None, _pod("web-0", owner=RS_REF))
+    await asyncio.wait_for(auditor._wait_for_listing(asyncio.Event()), timeout=10)
+    assert len(auditor.pods) == 1
+
+
+# --- kopf settings --------------------------------------------------------------------------------
+
+
+def _resource(group: str, version: str, plural: str, kind: str) -> kopf.Resource:
+    return kopf.Resource(group, version, plural, kind=kind, namespaced=True)
+
+
+def test_kopf_watches_are_paged_filtered_and_quick_to_let_go() -> None:
+    settings = kopf.OperatorSettings()
+    configure_kopf(settings, AuditSettings(list_chunk_size=200, worker_idle_seconds=0.25))
+    assert settings.watching.chunk_size == 200
+    assert settings.queueing.idle_timeout == 0.25
+    assert settings.watching.initial_streaming is False
+    core_events = _resource("", "v1", "events", "Event")
+    assert settings.watching.field_selectors.collect(core_events) == ["type=Warning,involvedObject.kind=Pod"]
+    # Only core/v1 Events are filtered: not the pods, not the events.k8s.io API (other field names).
+    assert settings.watching.field_selectors.collect(_resource("", "v1", "pods", "Pod")) == []
+    new_events = _resource("events.k8s.io", "v1", "events", "Event")
+    assert settings.watching.field_selectors.collect(new_events) == []
+
+
+def test_kopf_settings_can_be_turned_back_to_kopfs_own() -> None:
+    settings = kopf.OperatorSettings()
+    configure_kopf(
+        settings,
+        AuditSettings(
+            list_chunk_size=0, initial_streaming=True, events_field_selector="", worker_idle_seconds=5
+        ),
+    )
+    assert settings.watching.chunk_size is None
+    assert settings.watching.initial_streaming is True
+    assert settings.queueing.idle_timeout == 5
+    assert list(settings.watching.field_selectors) == []
+
+
+@pytest.mark.parametrize(("root", "expected"), [("INFO", logging.WARNING), ("DEBUG", logging.NOTSET)])
+def test_kopf_says_handler_succeeded_only_at_debug(root: str, expected: int) -> None:
+    objects, root_logger = logging.getLogger("kopf.objects"), logging.getLogger()
+    saved = objects.level, root_logger.level
+    try:
+        objects.setLevel(logging.NOTSET)
+        root_logger.setLevel(root)
+        configure_kopf(kopf.OperatorSettings(), AuditSettings())
+        assert objects.level == expected
+    finally:
+        objects.setLevel(saved[0])
+        root_logger.setLevel(saved[1])
 
 
 # --- owners ---------------------------------------------------------------------------------------
