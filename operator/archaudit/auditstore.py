@@ -8,8 +8,6 @@ through a small cache keyed by uid, because a Deployment with 500 pods has one R
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 import urllib.parse
 from collections import OrderedDict
@@ -24,7 +22,6 @@ from archaudit.kube import KubeApi
 
 __all__ = ["AuditStore", "OwnerCache", "OwnerRef", "controller_ref"]
 
-_TIMEOUT = (3.05, 10)  # (connect, read) seconds for every call
 _GROUP, _VERSION = reports.API_VERSION.split("/")
 _PLURAL = "imageaudits"
 
@@ -158,51 +155,11 @@ class AuditStore:
         self.api = api
         self.owners = OwnerCache(self.read_owner)
 
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Mapping[str, str] | None = None,
-        body: Mapping[str, Any] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        return await asyncio.to_thread(self._request_now, method, path, query or {}, body, content_type)
-
-    def _request_now(
-        self,
-        method: str,
-        path: str,
-        query: Mapping[str, str],
-        body: Mapping[str, Any] | None,
-        content_type: str,
-    ) -> Any:
-        client = self.api.client
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        _method, url, headers, payload, _post = client.param_serialize(
-            method,
-            path,
-            query_params=list(query.items()),
-            header_params=headers,
-            body=dict(body) if body is not None else None,
-            auth_settings=["BearerToken"],
-        )
-        response = client.call_api(
-            method, url, header_params=headers, body=payload, _request_timeout=_TIMEOUT
-        )
-        data: bytes = response.read() or b""  # type: ignore[no-untyped-call]
-        if not 200 <= response.status <= 299:
-            text = data.decode("utf-8", "replace")
-            raise ApiException.from_response(http_resp=response, body=text, data=None)
-        return json.loads(data)
-
     async def read_owner(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         plural = {"ReplicaSet": "replicasets", "Job": "jobs"}[kind]
         path = f"/apis/{_FETCHED[kind]}/namespaces/{_quote(namespace)}/{plural}/{_quote(name)}"
         try:
-            result: dict[str, Any] = await self._request("GET", path)
+            result: dict[str, Any] = await self.api.request("GET", path)
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -214,12 +171,12 @@ class AuditStore:
 
     async def count_pods(self) -> int:
         """How many pods the cluster has now, without reading them (limit=1 and remainingItemCount)."""
-        page = await self._request("GET", "/api/v1/pods", query={"limit": "1"})
+        page = await self.api.request("GET", "/api/v1/pods", query={"limit": "1"})
         items = page.get("items") or []
         return len(items) + int((page.get("metadata") or {}).get("remainingItemCount") or 0)
 
     async def list_audits(self) -> list[dict[str, Any]]:
-        result = await self._request("GET", f"/apis/{_GROUP}/{_VERSION}/{_PLURAL}")
+        result = await self.api.request("GET", f"/apis/{_GROUP}/{_VERSION}/{_PLURAL}")
         items: list[dict[str, Any]] = result.get("items") or []
         return items
 
@@ -228,11 +185,11 @@ class AuditStore:
         namespace = body["metadata"]["namespace"]
         collection = _audits_path(namespace)
         try:
-            created: dict[str, Any] = await self._request("POST", collection, body=body)
+            created: dict[str, Any] = await self.api.request("POST", collection, body=body)
         except ApiException as e:
             if e.status != 409:
                 raise
-            existing: dict[str, Any] = await self._request(
+            existing: dict[str, Any] = await self.api.request(
                 "GET", f"{collection}/{_quote(body['metadata']['name'])}"
             )
             return existing
@@ -241,7 +198,7 @@ class AuditStore:
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Replace the report's status (a merge patch; every key is always present). False: no such object."""
         try:
-            await self._request(
+            await self.api.request(
                 "PATCH",
                 f"{_audits_path(namespace)}/{_quote(name)}/status",
                 body={"status": dict(status)},

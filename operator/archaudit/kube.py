@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,25 +44,65 @@ def load_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
 
 
 class KubeApi:
+    """The calls archaudit makes itself, as plain REST requests through the client's ApiClient.
+
+    Not through the generated API classes: creating CoreV1Api, AdmissionregistrationV1Api and
+    CoordinationV1Api imports some 350 pydantic model modules, about 25 MiB of a process that must fit
+    in 150 MiB on a Raspberry Pi, for a dozen paths spelled out here.
+    """
+
     def __init__(self, client: kubernetes.client.ApiClient) -> None:
         self.client = client
-        self.core = kubernetes.client.CoreV1Api(client)
-        self.admission = kubernetes.client.AdmissionregistrationV1Api(client)
-        self.coordination = kubernetes.client.CoordinationV1Api(client)
 
-    @staticmethod
-    def _raw(response: Any) -> Any:
-        return json.loads(response.data)
+    def request_now(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """Blocking: one request, its JSON answer; ApiException for any status but 2xx."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        _method, url, headers, payload, _post = self.client.param_serialize(
+            method,
+            path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            body=dict(body) if body is not None else None,
+            auth_settings=["BearerToken"],
+        )
+        response = self.client.call_api(
+            method, url, header_params=headers, body=payload, _request_timeout=_TIMEOUT
+        )
+        data: bytes = response.read() or b""  # type: ignore[no-untyped-call]
+        if not 200 <= response.status <= 299:
+            text = data.decode("utf-8", "replace")
+            raise ApiException.from_response(http_resp=response, body=text, data=None)
+        return json.loads(data)
 
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("_request_timeout", _TIMEOUT)
-        kwargs.setdefault("_preload_content", False)
-        response = await asyncio.to_thread(fn, *args, **kwargs)
-        return self._raw(response)
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """`request_now` in a worker thread: the event loop answers admission reviews meanwhile."""
+        return await asyncio.to_thread(
+            functools.partial(
+                self.request_now, method, path, query=query, body=body, content_type=content_type
+            )
+        )
 
-    async def _get_or_none(self, fn: Any, *args: Any) -> dict[str, Any] | None:
+    async def _get_or_none(self, path: str) -> dict[str, Any] | None:
         try:
-            result: dict[str, Any] = await self._call(fn, *args)
+            result: dict[str, Any] = await self.request("GET", path)
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -68,29 +110,30 @@ class KubeApi:
         return result
 
     async def list_nodes(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = (await self._call(self.core.list_node))["items"]
+        items: list[dict[str, Any]] = (await self.request("GET", "/api/v1/nodes"))["items"]
         return items
 
     async def list_namespaces(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = (await self._call(self.core.list_namespace))["items"]
+        items: list[dict[str, Any]] = (await self.request("GET", "/api/v1/namespaces"))["items"]
         return items
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._get_or_none(self.core.read_namespaced_secret, name, namespace)
+        return await self._get_or_none(f"{_core(namespace)}/secrets/{_quote(name)}")
 
     async def read_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._get_or_none(self.core.read_namespaced_service_account, name, namespace)
+        return await self._get_or_none(f"{_core(namespace)}/serviceaccounts/{_quote(name)}")
 
     async def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(self.core.create_namespaced_secret, namespace, body)
+        result: dict[str, Any] = await self.request("POST", f"{_core(namespace)}/secrets", body=body)
         return result
 
     async def replace_secret(self, namespace: str, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(self.core.replace_namespaced_secret, name, namespace, body)
+        path = f"{_core(namespace)}/secrets/{_quote(name)}"
+        result: dict[str, Any] = await self.request("PUT", path, body=body)
         return result
 
     async def read_webhook_configuration(self, name: str) -> dict[str, Any] | None:
-        return await self._get_or_none(self.admission.read_validating_webhook_configuration, name)
+        return await self._get_or_none(f"{_WEBHOOKS}/{_quote(name)}")
 
     async def patch_webhook_ca_bundle(self, name: str, ca_bundle_b64: str) -> bool:
         """Set caBundle on every webhook of the configuration; False when it does not exist (yet)."""
@@ -107,11 +150,27 @@ class KubeApi:
             ]
         }
         # A strategic-merge patch keyed by webhook name keeps every other field as the chart set it.
-        await self._call(self.admission.patch_validating_webhook_configuration, name, patch)
+        await self.request(
+            "PATCH",
+            f"{_WEBHOOKS}/{_quote(name)}",
+            body=patch,
+            content_type="application/strategic-merge-patch+json",
+        )
         return True
 
     async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
-        await self._call(self.core.create_namespaced_event, namespace, body)
+        await self.request("POST", f"{_core(namespace)}/events", body=body)
+
+
+_WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+
+
+def _quote(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+def _core(namespace: str) -> str:
+    return f"/api/v1/namespaces/{_quote(namespace)}"
 
 
 class PullSecretCredentials:
@@ -231,6 +290,7 @@ class LeaseElector:
         self.duration = duration
         self.leading = False
         self.changed = asyncio.Event()
+        self._path = f"/apis/coordination.k8s.io/v1/namespaces/{_quote(namespace)}/leases/{_quote(name)}"
 
     def is_leader(self) -> bool:
         return self.leading
@@ -239,18 +299,17 @@ class LeaseElector:
         return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     async def try_acquire(self) -> bool:
-        coord = self.api.coordination
         now = self._now()
         spec = {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": int(self.duration),
             "renewTime": now,
         }
-        lease = await self.api._get_or_none(coord.read_namespaced_lease, self.name, self.namespace)
+        lease = await self.api._get_or_none(self._path)
         try:
             if lease is None:
                 body = {"metadata": {"name": self.name}, "spec": {**spec, "acquireTime": now}}
-                await self.api._call(coord.create_namespaced_lease, self.namespace, body)
+                await self.api.request("POST", self._path.rsplit("/", 1)[0], body=body)
                 return True
             current = lease.get("spec", {})
             holder = current.get("holderIdentity")
@@ -266,7 +325,7 @@ class LeaseElector:
                 spec["acquireTime"] = now
             lease["spec"] = {**current, **spec}
             # resourceVersion in the body makes this a compare-and-swap: two replicas cannot both win.
-            await self.api._call(coord.replace_namespaced_lease, self.name, self.namespace, lease)
+            await self.api.request("PUT", self._path, body=lease)
             return True
         except ApiException as e:
             if e.status in (409, 422):
@@ -275,21 +334,15 @@ class LeaseElector:
 
     def _release_now(self) -> bool:
         """Blocking: empty the holder of the Lease if it is still ours. True when released."""
-        coord = self.api.coordination
         try:
-            response = coord.read_namespaced_lease(
-                self.name, self.namespace, _request_timeout=_TIMEOUT, _preload_content=False
-            )
-            lease = self.api._raw(response)
+            lease = self.api.request_now("GET", self._path)
             current = lease.get("spec") or {}
             if current.get("holderIdentity") != self.identity:
                 return False  # lost already: someone else's Lease now, not ours to touch
             now = self._now()
             lease["spec"] = {**current, "holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": now}
             # resourceVersion in the body: a standby that took it meanwhile makes this a 409, not a theft.
-            coord.replace_namespaced_lease(
-                self.name, self.namespace, lease, _request_timeout=_TIMEOUT, _preload_content=False
-            )
+            self.api.request_now("PUT", self._path, body=lease)
         except ApiException as e:
             if e.status in (404, 409):
                 return False
