@@ -84,21 +84,9 @@ class KubeApi:
             raise ApiException.from_response(http_resp=response, body=text, data=None)
         return json.loads(data)
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Mapping[str, str] | None = None,
-        body: Mapping[str, Any] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        """`request_now` in a worker thread: the event loop answers admission reviews meanwhile."""
-        return await asyncio.to_thread(
-            functools.partial(
-                self.request_now, method, path, query=query, body=body, content_type=content_type
-            )
-        )
+    async def request(self, method: str, path: str, **options: Any) -> Any:
+        """`request_now` (same options) in a worker thread: the event loop answers reviews meanwhile."""
+        return await asyncio.to_thread(functools.partial(self.request_now, method, path, **options))
 
     async def _get_or_none(self, path: str) -> dict[str, Any] | None:
         try:
