@@ -175,6 +175,26 @@ def _mismatch_events(cluster: Cluster, namespace: str, kind: str, name: str) -> 
     ]
 
 
+def _incompatible_deployment(
+    cluster: Cluster, apps: Any, namespace: str, name: str, image: str, *, replicas: int
+) -> dict[str, Any]:
+    """An amd64-only image pinned to arm64 nodes: its report once Incompatible and announced by an Event."""
+    apps.create_namespaced_deployment(
+        namespace,
+        deployment_manifest(
+            name, image=image, replicas=replicas, node_selector={"kubernetes.io/arch": "arm64"}
+        ),
+    )
+    wait_pods(cluster.admin, namespace, f"app={name}", count=replicas)
+    report = _wait_verdict(cluster, namespace, f"deployment-{name}", "Incompatible")
+    wait_until(
+        lambda: _mismatch_events(cluster, namespace, "Deployment", name),
+        timeout=30,
+        what=f"the ImageArchMismatch event on deployment {name}",
+    )
+    return report
+
+
 def _full_audits_after(replica: Replica, count: int) -> None:
     """Wait until the replica completed `count` more full audit passes."""
     seen: list[float] = []
@@ -254,19 +274,7 @@ def test_both_replicas_admit_and_one_audits_then_the_other_takes_over(
 
     leader, standby, lease = _leader(cluster, replicas)
 
-    apps.create_namespaced_deployment(
-        namespace,
-        deployment_manifest(
-            "amd-on-arm", image=amd_only, replicas=2, node_selector={"kubernetes.io/arch": "arm64"}
-        ),
-    )
-    wait_pods(cluster.admin, namespace, "app=amd-on-arm", count=2)
-    first = _wait_verdict(cluster, namespace, "deployment-amd-on-arm", "Incompatible")
-    wait_until(
-        lambda: _mismatch_events(cluster, namespace, "Deployment", "amd-on-arm"),
-        timeout=30,
-        what="the ImageArchMismatch event on the deployment",
-    )
+    first = _incompatible_deployment(cluster, apps, namespace, "amd-on-arm", amd_only, replicas=2)
 
     # Several more passes: the report is not written again and the Event is not posted again, and the
     # standby never runs a pass at all.
@@ -312,20 +320,8 @@ def test_both_replicas_admit_and_one_audits_then_the_other_takes_over(
     assert len(_mismatch_events(cluster, namespace, "Deployment", "amd-on-arm")) == 1
 
     # ... and keeps the reports current.
-    apps.create_namespaced_deployment(
-        namespace,
-        deployment_manifest(
-            "late", image=amd_only, replicas=1, node_selector={"kubernetes.io/arch": "arm64"}
-        ),
-    )
-    wait_pods(cluster.admin, namespace, "app=late", count=1)
-    late = _wait_verdict(cluster, namespace, "deployment-late", "Incompatible")
+    late = _incompatible_deployment(cluster, apps, namespace, "late", amd_only, replicas=1)
     assert late["status"]["workload"] == "Deployment/late"
-    wait_until(
-        lambda: _mismatch_events(cluster, namespace, "Deployment", "late"),
-        timeout=30,
-        what="the ImageArchMismatch event on the late deployment",
-    )
     _full_audits_after(standby, 1)
     assert len(_mismatch_events(cluster, namespace, "Deployment", "late")) == 1
 
