@@ -84,9 +84,9 @@ async def resolver_factory() -> AsyncIterator[Callable[..., Any]]:
     HTTP setups are named insecure, and `registry_host` redirects to another host (the fault proxy).
     Every resolver made is closed after the test.
     """
-    from archaudit.config import RegistrySettings
-    from archaudit.registry.mirrors import EMPTY, RegistriesConfig
-    from archaudit.resolver import Resolver
+    from archaudit.adapters.resolver import Resolver
+    from archaudit.core.config import RegistrySettings
+    from archaudit.core.mirrors import EMPTY, RegistriesConfig
 
     made: list[Resolver] = []
 

@@ -24,10 +24,12 @@ from typing import Any
 
 import kopf
 
-from archaudit import __version__, certs, config, kube, metrics, webhook
+from archaudit import __version__, webhook
+from archaudit.adapters import certs, kube, metrics
+from archaudit.adapters.resolver import Resolver
 from archaudit.context import Context, NodeMap
-from archaudit.registry.credentials import Keyring, keyring_from_docker_config
-from archaudit.resolver import Resolver
+from archaudit.core import config
+from archaudit.core.credentials import Keyring, keyring_from_docker_config
 
 __all__ = ["build_parser", "main", "settings_from_args"]
 

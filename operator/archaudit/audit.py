@@ -29,15 +29,15 @@ from typing import Any
 
 import kopf
 
-from archaudit import policy, reports, scheduling, workloads
-from archaudit.auditstore import AuditStore
-from archaudit.config import AuditSettings
+from archaudit.adapters.auditstore import AuditStore
+from archaudit.adapters.kube import KubeApi, load_client
 from archaudit.context import Context
-from archaudit.errors import InvalidReference, Reason, ResolutionError
-from archaudit.kube import KubeApi, load_client
-from archaudit.manifests import ImagePlatforms
-from archaudit.reference import parse as parse_reference
-from archaudit.reports import Container, PodFacts, RuntimeEvidence, WorkloadRef
+from archaudit.core import policy, reports, scheduling, workloads
+from archaudit.core.config import AuditSettings
+from archaudit.core.errors import InvalidReference, Reason, ResolutionError
+from archaudit.core.manifests import ImagePlatforms
+from archaudit.core.reference import parse as parse_reference
+from archaudit.core.reports import Container, PodFacts, RuntimeEvidence, WorkloadRef
 
 __all__ = ["Auditor", "configure_kopf", "register"]
 

@@ -20,14 +20,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from archaudit import __version__, config
-from archaudit.errors import ArchauditError, InvalidReference, ResolutionError
-from archaudit.manifests import ImagePlatforms
-from archaudit.platforms import RUNTIMES, Fit, Platform
-from archaudit.reference import ImageReference, parse
-from archaudit.registry.credentials import Credential, Keyring, keyring_from_docker_config
-from archaudit.registry.mirrors import EMPTY, RegistriesConfig
-from archaudit.resolver import Resolver
+from archaudit import __version__
+from archaudit.adapters.registry.files import registries_from_file
+from archaudit.adapters.resolver import Resolver
+from archaudit.core import config
+from archaudit.core.credentials import Credential, Keyring, keyring_from_docker_config
+from archaudit.core.errors import ArchauditError, InvalidReference, ResolutionError
+from archaudit.core.manifests import ImagePlatforms
+from archaudit.core.mirrors import EMPTY, RegistriesConfig
+from archaudit.core.platforms import RUNTIMES, Fit, Platform
+from archaudit.core.reference import ImageReference, parse
 
 __all__ = ["build_parser", "check", "main"]
 
@@ -135,7 +137,7 @@ def _registries(path: str | None, settings: config.RegistrySettings) -> Registri
     if not path:
         return EMPTY
     try:
-        return RegistriesConfig.from_file(path)
+        return registries_from_file(path)
     except OSError as e:
         raise UsageError(f"--registries {path}: {e.strerror or e}") from None
     except ValueError as e:

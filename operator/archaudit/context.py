@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from archaudit.config import Settings
-from archaudit.registry.credentials import Credential
-from archaudit.scheduling import Node, node_from_object, virtual_nodes
+from archaudit.core.config import Settings
+from archaudit.core.credentials import Credential
+from archaudit.core.scheduling import Node, node_from_object, virtual_nodes
 
 __all__ = ["Context", "CredentialSource", "NodeMap"]
 
@@ -92,12 +92,14 @@ class NodeMap:
 @dataclass
 class Context:
     settings: Settings
-    resolver: Any  # archaudit.resolver.Resolver (Any keeps this module free of the resolver's imports)
+    resolver: (
+        Any  # archaudit.adapters.resolver.Resolver (Any keeps this module free of the resolver's imports)
+    )
     nodes: NodeMap
     credentials: CredentialSource
-    metrics: Any  # archaudit.metrics.MutableState
+    metrics: Any  # archaudit.adapters.metrics.MutableState
     is_leader: Callable[[], bool] = lambda: True
-    api: Any = None  # archaudit.kube.KubeApi, shared so the auditor does not build a second client
+    api: Any = None  # archaudit.adapters.kube.KubeApi, shared so the auditor does not build a second client
     extra_nodes: list[Node] = field(default_factory=list)
     # namespace -> its labels (archaudit.io/mode, archaudit.io/ignore), kept by a namespace watch
     namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)

@@ -23,12 +23,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from archaudit import policy, scheduling, workloads
 from archaudit.context import Context
-from archaudit.errors import InvalidReference, Reason, ResolutionError
-from archaudit.manifests import ImagePlatforms
-from archaudit.reference import ImageReference
-from archaudit.reference import parse as parse_reference
+from archaudit.core import policy, scheduling, workloads
+from archaudit.core.errors import InvalidReference, Reason, ResolutionError
+from archaudit.core.manifests import ImagePlatforms
+from archaudit.core.reference import ImageReference
+from archaudit.core.reference import parse as parse_reference
 
 __all__ = [
     "POD_WEBHOOK",

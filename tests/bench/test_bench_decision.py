@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from archaudit import policy, webhook
-from archaudit.config import Settings
+from archaudit import webhook
 from archaudit.context import Context, NodeMap
-from archaudit.manifests import ImagePlatforms, PlatformEntry
-from archaudit.platforms import Platform
+from archaudit.core import policy
+from archaudit.core.config import Settings
+from archaudit.core.manifests import ImagePlatforms, PlatformEntry
+from archaudit.core.platforms import Platform
 
 ROWS: list[str] = []
 ARCHES = ("amd64", "arm64", "arm")

@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from archaudit.manifests import ImagePlatforms, PlatformEntry
-from archaudit.platforms import Platform
-from archaudit.reference import ImageReference
-from archaudit.registry.client import TagLookup
-from archaudit.registry.credentials import Credential
-from archaudit.resolver import Resolver
+from archaudit.adapters.registry.client import TagLookup
+from archaudit.adapters.resolver import Resolver
+from archaudit.core.credentials import Credential
+from archaudit.core.manifests import ImagePlatforms, PlatformEntry
+from archaudit.core.platforms import Platform
+from archaudit.core.reference import ImageReference
 from tests.conftest import Seeded
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.registry import seed_many
@@ -83,7 +83,7 @@ class _Instant:
 
 
 async def test_cached_lookups_per_second() -> None:
-    from archaudit.reference import parse
+    from archaudit.core.reference import parse
 
     resolver = Resolver(_Instant(), cache_size=20_000)
     refs = [parse(f"registry.example/team{i % 50}/app{i}:v1") for i in range(10_000)]

@@ -1,6 +1,6 @@
 """Test PKI: one CA and leaf certificates for loopback servers (registry, apiserver, webhook).
 
-Why here and not in archaudit.certs: these are throwaway test credentials with long-lived keys in a
+Why here and not in archaudit.adapters.certs: these are throwaway test credentials with long-lived keys in a
 temp dir; the operator's own CA handling lives in the package and is tested on its own.
 """
 

@@ -187,7 +187,8 @@ async def test_cli_in_process_matches_subprocess(
     plain_registry: Seeded, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The same `check` called in-process (the function the command runs) gives the same document."""
-    from archaudit import cli, config
+    from archaudit import cli
+    from archaudit.core import config
 
     sample = plain_registry.samples["attested"]
     args = cli.build_parser().parse_args(

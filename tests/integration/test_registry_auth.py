@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from archaudit.errors import Reason, ResolutionError
-from archaudit.registry.credentials import Credential
+from archaudit.adapters.registry.files import registries_from_file
+from archaudit.core.credentials import Credential
+from archaudit.core.errors import Reason, ResolutionError
 from tests.conftest import Seeded
 from tests.harness.registry import PASSWORD, USERNAME, TokenIssuer, push_image
 
@@ -54,9 +55,8 @@ async def test_basic_with_pull_secret_credentials(
     ca_only.write_text(f"configs:\n  '{registry.host}':\n    tls:\n      ca_file: '{registry.ca_file}'\n")
     seeded = Seeded(registry, basic_registry.samples, ca_only, tmp_path)
     resolver = resolver_factory(seeded, config=False)
-    from archaudit.registry.mirrors import RegistriesConfig
 
-    resolver.transport.registries = RegistriesConfig.from_file(ca_only)  # CA, no credentials
+    resolver.transport.registries = registries_from_file(ca_only)  # CA, no credentials
     with pytest.raises(ResolutionError) as info:
         await resolver.resolve(sample.reference)
     assert info.value.reason is Reason.AUTH
@@ -73,9 +73,8 @@ async def test_basic_refuses_wrong_credentials(
     ca_only = tmp_path / "ca-only.yaml"
     ca_only.write_text(f"configs:\n  '{registry.host}':\n    tls:\n      ca_file: '{registry.ca_file}'\n")
     resolver = resolver_factory(basic_registry, config=False)
-    from archaudit.registry.mirrors import RegistriesConfig
 
-    resolver.transport.registries = RegistriesConfig.from_file(ca_only)
+    resolver.transport.registries = registries_from_file(ca_only)
     with pytest.raises(ResolutionError) as info:
         await resolver.resolve(basic_registry.samples["multiarch"].reference, [WRONG])
     assert info.value.reason is Reason.AUTH

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from archaudit.errors import Reason, ResolutionError
-from archaudit.registry.credentials import Credential
+from archaudit.adapters.registry.files import registries_from_file
+from archaudit.core.credentials import Credential
+from archaudit.core.errors import Reason, ResolutionError
 from tests.conftest import Seeded
 from tests.harness.faultproxy import BOGUS_DIGEST, FaultProxy
 from tests.harness.registry import seed_many
@@ -254,18 +255,17 @@ async def test_mirror_first_with_ns_then_default_endpoint(
     config = tmp_path / "registries.yaml"
     config.write_text(yaml.safe_dump({"mirrors": {registry.host: {"endpoint": [f"http://{proxy.host}"]}}}))
     seeded = Seeded(registry, plain_registry.samples, config, tmp_path)
-    from archaudit.registry.mirrors import RegistriesConfig
 
     sample = plain_registry.samples["multiarch"]
     resolver = resolver_factory(seeded, config=False)
-    resolver.transport.registries = RegistriesConfig.from_file(config)
+    resolver.transport.registries = registries_from_file(config)
     assert (await resolver.resolve(sample.reference)).image.digest == sample.digest
     assert proxy.requests()
     assert all(f"ns={registry.host}" in s.path for s in proxy.requests())
 
     proxy.set("500")  # the mirror breaks: the registry itself answers
     other = resolver_factory(seeded, config=False, max_retries=0)
-    other.transport.registries = RegistriesConfig.from_file(config)
+    other.transport.registries = registries_from_file(config)
     assert (await other.resolve(sample.reference)).image.digest == sample.digest
     # like containerd, each operation (resolve the tag, fetch the digest) tries the mirror first
     assert [(s.method, s.status) for s in proxy.requests()] == [("HEAD", 500), ("GET", 500)]

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from archaudit.errors import Reason, ResolutionError
-from archaudit.platforms import Fit, Platform
-from archaudit.registry.credentials import Credential
+from archaudit.core.credentials import Credential
+from archaudit.core.errors import Reason, ResolutionError
+from archaudit.core.platforms import Fit, Platform
 from tests.conftest import Seeded
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.registry import Sample, push_image

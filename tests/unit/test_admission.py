@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from archaudit import policy, webhook
-from archaudit.config import Settings
+from archaudit import webhook
 from archaudit.context import Context, NodeMap
-from archaudit.manifests import ImagePlatforms, PlatformEntry
-from archaudit.platforms import Platform
+from archaudit.core import policy
+from archaudit.core.config import Settings
+from archaudit.core.manifests import ImagePlatforms, PlatformEntry
+from archaudit.core.platforms import Platform
 
 UID = "c6f3f0e1-6d3e-4c55-9c55-0d1e1d0a4f00"
 

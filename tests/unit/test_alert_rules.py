@@ -2,7 +2,7 @@
 
 promtool unit tests (tests/unit/promtool/*.yaml) give every alert a firing and a quiet case; the
 mutation tests below prove they would notice an alert that never fires or always fires. Every metric an
-alert or a dashboard panel queries must appear in a real scrape of archaudit.metrics.
+alert or a dashboard panel queries must appear in a real scrape of archaudit.adapters.metrics.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from archaudit import metrics
+from archaudit.adapters import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "charts/archaudit/files/prometheus-rules.yaml"

@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from archaudit import app, config
+from archaudit import app
+from archaudit.core import config
 from tests.harness.certs import TestCA
 
 

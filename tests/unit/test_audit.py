@@ -16,10 +16,10 @@ import kopf
 import pytest
 
 from archaudit import audit
+from archaudit.adapters.auditstore import OwnerCache
 from archaudit.audit import Auditor, configure_kopf, pod_record
-from archaudit.auditstore import OwnerCache
-from archaudit.config import AuditSettings
-from archaudit.reports import EvidenceKind, WorkloadRef
+from archaudit.core.config import AuditSettings
+from archaudit.core.reports import EvidenceKind, WorkloadRef
 
 
 def _pod(name: str = "web-1", *, owner: dict[str, Any] | None = None, node: str = "") -> dict[str, Any]:

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from archaudit.registry.auth import (
+from archaudit.core.auth import (
     DEFAULT_TOKEN_LIFETIME,
     Challenge,
     Token,
@@ -22,7 +22,7 @@ from archaudit.registry.auth import (
     pull_scope,
     token_from_response,
 )
-from archaudit.registry.credentials import Credential
+from archaudit.core.credentials import Credential
 
 DOCKER_HUB = (
     'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'

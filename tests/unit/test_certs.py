@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from archaudit import certs
+from archaudit.adapters import certs
 
 HOSTS = [*certs.dns_names("archaudit-webhook", "archaudit"), "127.0.0.1"]
 

@@ -3,7 +3,7 @@
 No mocks: `helm lint` / `helm template` run against charts/archaudit with every scenario in ci/, and the
 rendered objects are parsed and checked against the promises the chart makes (fail-open webhook, the
 excluded namespaces, restricted pods, least-privilege RBAC, the ARCHAUDIT_* environment contract of
-archaudit.config). Server-side validation against a real apiserver belongs to the e2e tests.
+archaudit.core.config). Server-side validation against a real apiserver belongs to the e2e tests.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from archaudit import config
+from archaudit.core import config
 from tests.harness.cluster import find_bin_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -443,7 +443,7 @@ def test_image_defaults_to_app_version_and_digest_pins_it() -> None:
     fails_with(render_result(values={"image.digest": "latest"}), "/image/digest")
 
 
-# --- the environment contract with archaudit.config -------------------------------------------------------
+# --- the environment contract with archaudit.core.config ---------------------------------------------
 
 
 def settings_fields() -> set[str]:
@@ -461,7 +461,7 @@ def settings_fields() -> set[str]:
 def test_every_rendered_variable_is_a_setting(values: Path) -> None:
     names = {e["name"] for e in container(render(values))["env"]}
     unknown = {n for n in names if n.startswith("ARCHAUDIT_")} - settings_fields()
-    assert not unknown, f"the chart sets variables archaudit.config does not read: {sorted(unknown)}"
+    assert not unknown, f"the chart sets variables archaudit.core.config does not read: {sorted(unknown)}"
 
 
 def test_rendered_environment_parses_into_the_settings_asked_for() -> None:

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from archaudit.reference import parse
-from archaudit.registry.credentials import (
+from archaudit.core.credentials import (
     Credential,
     CredentialsError,
     Keyring,
@@ -17,6 +16,7 @@ from archaudit.registry.credentials import (
     keyring_from_dockercfg,
     keyring_from_secret,
 )
+from archaudit.core.reference import parse
 
 
 def b64(text: str) -> str:

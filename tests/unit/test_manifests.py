@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from archaudit import manifests as m
-from archaudit.errors import ManifestError
-from archaudit.manifests import (
+from archaudit.core import manifests as m
+from archaudit.core.errors import ManifestError
+from archaudit.core.manifests import (
     Descriptor,
     ImageManifest,
     ImagePlatforms,
@@ -25,8 +25,8 @@ from archaudit.manifests import (
     sha256_digest,
     verify_digest,
 )
-from archaudit.platforms import Fit, Platform
-from archaudit.reference import is_digest
+from archaudit.core.platforms import Fit, Platform
+from archaudit.core.reference import is_digest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "manifests"
 P = Platform.parse

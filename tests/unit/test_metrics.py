@@ -17,7 +17,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from archaudit import __version__, metrics
+from archaudit import __version__
+from archaudit.adapters import metrics
 from tests.harness.procs import free_port
 
 # family name (as the parser names it) -> (type, label names)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from archaudit.reference import parse
-from archaudit.registry.credentials import Credential
-from archaudit.registry.mirrors import EMPTY, Endpoint, RegistriesConfig, TLSConfig
+from archaudit.adapters.registry.files import registries_from_file
+from archaudit.core.credentials import Credential
+from archaudit.core.mirrors import EMPTY, Endpoint, RegistriesConfig, TLSConfig
+from archaudit.core.reference import parse
 
 DOCS_EXAMPLE = """
 mirrors:
@@ -258,12 +259,12 @@ def test_bad_shapes_say_where(text: str, says: str) -> None:
 def test_from_file(tmp_path: Path) -> None:
     path = tmp_path / "registries.yaml"
     path.write_text(DOCS_EXAMPLE)
-    assert RegistriesConfig.from_file(path) == RegistriesConfig.load(DOCS_EXAMPLE)
+    assert registries_from_file(path) == RegistriesConfig.load(DOCS_EXAMPLE)
     path.write_text("mirrors: 3")
     with pytest.raises(ValueError, match=r"registries\.yaml: mirrors"):
-        RegistriesConfig.from_file(str(path))
+        registries_from_file(str(path))
     with pytest.raises(FileNotFoundError):
-        RegistriesConfig.from_file(tmp_path / "missing.yaml")
+        registries_from_file(tmp_path / "missing.yaml")
 
 
 def test_endpoint_repr_has_no_credential() -> None:

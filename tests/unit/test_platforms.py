@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from archaudit.platforms import (
+from archaudit.core.platforms import (
     RUNTIMES,
     Fit,
     Platform,

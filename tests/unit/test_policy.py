@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import pytest
 
-from archaudit import policy
-from archaudit.errors import Reason, ResolutionError
-from archaudit.manifests import ImagePlatforms, PlatformEntry
-from archaudit.platforms import Fit, Platform
-from archaudit.policy import Decision, ImageResult, Mode, Verdict, decide, evaluate
-from archaudit.scheduling import Node, candidates, virtual_nodes
-from archaudit.workloads import containers_of
+from archaudit.core import policy
+from archaudit.core.errors import Reason, ResolutionError
+from archaudit.core.manifests import ImagePlatforms, PlatformEntry
+from archaudit.core.platforms import Fit, Platform
+from archaudit.core.policy import Decision, ImageResult, Mode, Verdict, decide, evaluate
+from archaudit.core.scheduling import Node, candidates, virtual_nodes
+from archaudit.core.workloads import containers_of
 
 API = "ghcr.io/acme/api:1.2"
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from archaudit.errors import InvalidReference
-from archaudit.reference import ImageReference, digest_problem, is_digest, parse
+from archaudit.core.errors import InvalidReference
+from archaudit.core.reference import ImageReference, digest_problem, is_digest, parse
 
 SHA = "sha256:" + "0123456789abcdef" * 4
 SHA_B = "sha256:" + "b" * 64

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from archaudit import reports
-from archaudit.errors import Reason, ResolutionError
-from archaudit.manifests import ImagePlatforms, PlatformEntry
-from archaudit.platforms import Platform
-from archaudit.reports import Container, EvidenceKind, PodFacts, RuntimeEvidence, Verdict, WorkloadRef
-from archaudit.scheduling import Node
+from archaudit.core import reports
+from archaudit.core.errors import Reason, ResolutionError
+from archaudit.core.manifests import ImagePlatforms, PlatformEntry
+from archaudit.core.platforms import Platform
+from archaudit.core.reports import Container, EvidenceKind, PodFacts, RuntimeEvidence, Verdict, WorkloadRef
+from archaudit.core.scheduling import Node
 
 NOW = "2025-01-01T00:00:00Z"
 LATER = "2025-01-01T00:05:00Z"

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from archaudit.errors import Reason, ResolutionError
-from archaudit.manifests import ImagePlatforms, PlatformEntry
-from archaudit.platforms import Platform
-from archaudit.reference import ImageReference
-from archaudit.registry.client import TagLookup
-from archaudit.registry.credentials import Credential
-from archaudit.resolver import Resolver
+from archaudit.adapters.registry.client import TagLookup
+from archaudit.adapters.resolver import Resolver
+from archaudit.core.credentials import Credential
+from archaudit.core.errors import Reason, ResolutionError
+from archaudit.core.manifests import ImagePlatforms, PlatformEntry
+from archaudit.core.platforms import Platform
+from archaudit.core.reference import ImageReference
 
 
 def _image(digest: str, platform: str = "linux/amd64") -> ImagePlatforms:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from archaudit.registry.client import retry_after
+from archaudit.adapters.registry.client import retry_after
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 

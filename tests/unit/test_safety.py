@@ -13,8 +13,8 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from archaudit.errors import Reason, ResolutionError
-from archaudit.registry.safety import GuardedResolver, HostGuard
+from archaudit.adapters.registry.safety import GuardedResolver, HostGuard
+from archaudit.core.errors import Reason, ResolutionError
 from tests.harness.procs import free_port
 
 

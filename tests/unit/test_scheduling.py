@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from archaudit.platforms import Platform
-from archaudit.scheduling import (
+from archaudit.core.platforms import Platform
+from archaudit.core.scheduling import (
     CONDITION_TAINTS,
     Labels,
     Node,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from archaudit.scheduling import Node, candidates, node_from_object
-from archaudit.workloads import (
+from archaudit.core.scheduling import Node, candidates, node_from_object
+from archaudit.core.workloads import (
     DAEMONSET_TOLERATIONS,
     WORKLOAD_KINDS,
     containers_of,

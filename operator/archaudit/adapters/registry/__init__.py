@@ -10,8 +10,9 @@ Everything here answers the question "what would the node see if it pulled this 
 module copies a runtime's behaviour (kubelet, containerd, k3s) rather than inventing a nicer one.
 """
 
-from archaudit.registry.client import ClientOptions, Observer, RegistryClient, TagLookup
-from archaudit.registry.credentials import (
+from archaudit.adapters.registry.client import ClientOptions, Observer, RegistryClient, TagLookup
+from archaudit.adapters.registry.safety import GuardedResolver, HostGuard
+from archaudit.core.credentials import (
     Credential,
     CredentialsError,
     Keyring,
@@ -19,8 +20,7 @@ from archaudit.registry.credentials import (
     keyring_from_dockercfg,
     keyring_from_secret,
 )
-from archaudit.registry.mirrors import EMPTY, Endpoint, RegistriesConfig, TLSConfig
-from archaudit.registry.safety import GuardedResolver, HostGuard
+from archaudit.core.mirrors import EMPTY, Endpoint, RegistriesConfig, TLSConfig
 
 __all__ = [
     "EMPTY",

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from archaudit.platforms import (
+from archaudit.core.platforms import (
     LABEL_ARCH,
     LABEL_OS,
     LABEL_PULL_MODE,

@@ -26,7 +26,7 @@ from typing import NoReturn
 import aiohttp.abc
 import aiohttp.resolver
 
-from archaudit.errors import Reason, ResolutionError
+from archaudit.core.errors import Reason, ResolutionError
 
 __all__ = ["GuardedResolver", "HostGuard"]
 

@@ -22,8 +22,8 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from archaudit.reference import ImageReference
-from archaudit.registry.credentials import Credential, Keyring, keyring_from_secret
+from archaudit.core.credentials import Credential, Keyring, keyring_from_secret
+from archaudit.core.reference import ImageReference
 
 __all__ = ["KubeApi", "LeaseElector", "PullSecretCredentials", "load_client"]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from archaudit.errors import ArchauditError
+from archaudit.core.errors import ArchauditError
 
 __all__ = [
     "Credential",
@@ -48,7 +48,7 @@ class CredentialsError(ArchauditError, ValueError):
 
 
 class _Image(Protocol):
-    """What key matching needs of an image: `archaudit.reference.ImageReference` has it."""
+    """What key matching needs of an image: `archaudit.core.reference.ImageReference` has it."""
 
     @property
     def registry(self) -> str: ...

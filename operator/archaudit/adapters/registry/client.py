@@ -38,13 +38,10 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from archaudit import manifests
-from archaudit.config import RegistrySettings
-from archaudit.errors import ManifestError, Reason, ResolutionError
-from archaudit.manifests import ImagePlatforms, Index
-from archaudit.platforms import Platform
-from archaudit.reference import ImageReference
-from archaudit.registry.auth import (
+from archaudit.adapters.registry.files import registries_from_file
+from archaudit.adapters.registry.safety import GuardedResolver, HostGuard
+from archaudit.core import manifests
+from archaudit.core.auth import (
     Challenge,
     TokenCache,
     basic_authorization,
@@ -53,9 +50,13 @@ from archaudit.registry.auth import (
     pick_challenge,
     pull_scope,
 )
-from archaudit.registry.credentials import Credential
-from archaudit.registry.mirrors import EMPTY, Endpoint, RegistriesConfig, TLSConfig
-from archaudit.registry.safety import GuardedResolver, HostGuard
+from archaudit.core.config import RegistrySettings
+from archaudit.core.credentials import Credential
+from archaudit.core.errors import ManifestError, Reason, ResolutionError
+from archaudit.core.manifests import ImagePlatforms, Index
+from archaudit.core.mirrors import EMPTY, Endpoint, RegistriesConfig, TLSConfig
+from archaudit.core.platforms import Platform
+from archaudit.core.reference import ImageReference
 
 __all__ = ["ClientOptions", "Observer", "RegistryClient", "TagLookup", "retry_after"]
 
@@ -242,9 +243,7 @@ class RegistryClient:
         settings = settings or RegistrySettings()
         self.options = options or ClientOptions.from_settings(settings)
         if registries is None:
-            registries = (
-                RegistriesConfig.from_file(settings.registries_file) if settings.registries_file else EMPTY
-            )
+            registries = registries_from_file(settings.registries_file) if settings.registries_file else EMPTY
         self.registries = registries
         self.insecure = frozenset((*settings.insecure, *insecure))
         self.guard = guard or HostGuard(

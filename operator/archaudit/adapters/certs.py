@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes.client.exceptions import ApiException
 
-from archaudit.kube import KubeApi
+from archaudit.adapters.kube import KubeApi
 
 __all__ = ["TLSMaterial", "ensure_secret", "issue", "needs_renewal", "write_files"]
 

@@ -26,11 +26,11 @@ import fnmatch
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from archaudit.errors import InvalidReference, ResolutionError
-from archaudit.manifests import ImagePlatforms
-from archaudit.platforms import LABEL_ARCH, Fit, Platform
-from archaudit.reference import parse as parse_reference
-from archaudit.scheduling import Node
+from archaudit.core.errors import InvalidReference, ResolutionError
+from archaudit.core.manifests import ImagePlatforms
+from archaudit.core.platforms import LABEL_ARCH, Fit, Platform
+from archaudit.core.reference import parse as parse_reference
+from archaudit.core.scheduling import Node
 
 __all__ = [
     "Decision",

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from archaudit.errors import ManifestError
-from archaudit.platforms import Fit, Platform, fit
-from archaudit.reference import digest_problem
+from archaudit.core.errors import ManifestError
+from archaudit.core.platforms import Fit, Platform, fit
+from archaudit.core.reference import digest_problem
 
 __all__ = [
     "ACCEPT",

@@ -32,9 +32,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from archaudit.errors import ResolutionError
-from archaudit.manifests import ImagePlatforms
-from archaudit.platforms import Fit, Platform
+from archaudit.core.errors import ResolutionError
+from archaudit.core.manifests import ImagePlatforms
+from archaudit.core.platforms import Fit, Platform
 
 __all__ = [
     "API_VERSION",

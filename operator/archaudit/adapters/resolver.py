@@ -25,14 +25,14 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Generic, Protocol, TypeVar
 
-from archaudit.config import RegistrySettings
-from archaudit.errors import InvalidReference, Reason, ResolutionError
-from archaudit.manifests import ImagePlatforms
-from archaudit.reference import ImageReference, parse
-from archaudit.registry.client import Observer, RegistryClient, TagLookup
-from archaudit.registry.credentials import Credential
-from archaudit.registry.mirrors import RegistriesConfig
-from archaudit.registry.safety import HostGuard
+from archaudit.adapters.registry.client import Observer, RegistryClient, TagLookup
+from archaudit.adapters.registry.safety import HostGuard
+from archaudit.core.config import RegistrySettings
+from archaudit.core.credentials import Credential
+from archaudit.core.errors import InvalidReference, Reason, ResolutionError
+from archaudit.core.manifests import ImagePlatforms
+from archaudit.core.mirrors import RegistriesConfig
+from archaudit.core.reference import ImageReference, parse
 
 __all__ = ["CacheCounter", "Resolution", "Resolver", "ResolverStats", "Transport"]
 

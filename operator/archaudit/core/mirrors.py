@@ -7,7 +7,7 @@ this module reads the very file k3s nodes read and turns an image reference into
 endpoints containerd would try: each mirror in order, then the registry itself (the default endpoint,
 to which rewrites never apply).
 
-Pure apart from `RegistriesConfig.from_file`, which reads the file at configuration time.
+Pure: the file is read by `archaudit.adapters.registry.files.registries_from_file`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import yaml
 
-from archaudit.registry.credentials import Credential, CredentialsError, decode_auth
+from archaudit.core.credentials import Credential, CredentialsError, decode_auth
 
 __all__ = ["EMPTY", "Endpoint", "RegistriesConfig", "TLSConfig"]
 
@@ -127,15 +126,6 @@ class RegistriesConfig:
             mirrors={str(name): _parse_mirror(str(name), value) for name, value in mirrors.items()},
             configs={str(host): _parse_host_config(str(host), value) for host, value in configs.items()},
         )
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> RegistriesConfig:
-        """Read and parse a registries.yaml file (OSError if it cannot be read)."""
-        text = Path(path).read_text(encoding="utf-8")
-        try:
-            return cls.load(text)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
 
     def endpoints_for(self, ref: _Image, insecure: Collection[str] = ()) -> list[Endpoint]:
         """The endpoints containerd tries for `ref`, in order: its mirrors (or "*"'s), then the default."""

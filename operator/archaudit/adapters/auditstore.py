@@ -17,8 +17,8 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from archaudit import reports, workloads
-from archaudit.kube import KubeApi
+from archaudit.adapters.kube import KubeApi
+from archaudit.core import reports, workloads
 
 __all__ = ["AuditStore", "OwnerCache", "OwnerRef", "controller_ref"]
 

@@ -18,8 +18,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from archaudit.errors import Reason, ResolutionError
-from archaudit.registry.credentials import Credential
+from archaudit.core.credentials import Credential
+from archaudit.core.errors import Reason, ResolutionError
 
 __all__ = [
     "DEFAULT_TOKEN_LIFETIME",
