@@ -38,7 +38,9 @@ def image(*platforms: str, kind: str = "index") -> ImagePlatforms:
 
 
 def node(name: str, platform: str, profiles: tuple[str, ...] = ("containerd",)) -> Node:
-    return Node(name=name, platform=Platform.parse(platform), profiles=profiles)
+    parsed = Platform.parse(platform)
+    labels = {"kubernetes.io/os": parsed.os, "kubernetes.io/arch": parsed.architecture}
+    return Node(name=name, platform=parsed, profiles=profiles, labels=labels)
 
 
 AMD1 = node("amd64-1", "linux/amd64")
@@ -297,7 +299,7 @@ def test_compatible_everywhere() -> None:
     audit = build([pod("a", AMD1, [AMD1, ARM64]), pod("b", ARM64, [AMD1, ARM64])], {"acme/app:1": MULTI})
     assert audit.verdict is Verdict.COMPATIBLE
     assert audit.status["verdict"] == "Compatible"
-    assert audit.message == "1 image run on every node the pods use (linux/amd64, linux/arm64)"
+    assert audit.message == "1 image runs on every node the pods use (linux/amd64, linux/arm64)"
     assert audit.status["nodePlatforms"] == "linux/amd64,linux/arm64"
     assert not audit.announce
     assert audit.status["announced"] == ""
@@ -379,7 +381,7 @@ def test_incompatible_image_outweighs_an_unresolved_one() -> None:
     audit = build([pod("a", ARM64, images=[("app", "acme/app:1"), ("side", "acme/side:1")])], images)
     assert audit.verdict is Verdict.INCOMPATIBLE
     assert audit.message.startswith(
-        "image acme/app:1 provides linux/amd64 only; 1 pod run on linux/arm64 nodes"
+        "image acme/app:1 provides linux/amd64 only; 1 pod runs on linux/arm64 nodes"
     )
     assert audit.message.endswith("(and 1 more)")
     assert [c["verdict"] for c in audit.status["containers"]] == ["Incompatible", "Unknown"]

@@ -12,15 +12,10 @@ Three promises shape it:
 - stable: the same facts give the same status and `fingerprint`, so an unchanged result causes no write;
 - quiet: an Event is due once per problem (`Audit.announce`), not on every resync.
 
-Verdicts of a workload (the CRD's enum, the same strings as `policy.Verdict`):
-- Incompatible: a pod runs on a node that cannot run one of its images, the runtime said so
-  (`exec format error`, `no match for platform in manifest`), or a pending pod has no node it may use
-  that runs all its images;
-- Unknown: an image could not be resolved (and nothing above proves incompatibility), or no pod and
-  node to judge by;
-- AtRisk: every pod runs where it is, but some nodes its pods may use could not run an image (or only
-  depending on the node's containerd pull mode);
-- Compatible: every image runs on every node the pods run on or may use.
+Verdicts come from the one engine (`engine.judge`, per pod: where it runs and where else it may go,
+or where a pending pod may go, exactly as the webhook judges it); a workload's verdict is the worst of
+its pods', and a workload without pods is judged from its pod template. What is left here is what only
+a report has: tallies of running pods per platform, runtime evidence, the bounds and the CRD's shape.
 """
 
 from __future__ import annotations
@@ -30,11 +25,14 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from archaudit.core.engine import SEVERITY, ImageCheck, Judgement, Verdict, fix, judge, plural, worst
+from archaudit.core.engine import Reason as EngineReason
 from archaudit.core.errors import ResolutionError
 from archaudit.core.manifests import ImagePlatforms
 from archaudit.core.platforms import Fit, Platform
+from archaudit.core.scheduling import Node
 
 __all__ = [
     "API_VERSION",
@@ -46,9 +44,9 @@ __all__ = [
     "Audit",
     "Container",
     "EvidenceKind",
-    "NodeLike",
     "PodFacts",
     "RuntimeEvidence",
+    "TemplateFacts",
     "Verdict",
     "WorkloadRef",
     "audit_name",
@@ -78,33 +76,6 @@ _PLATFORM_BYTES = 40
 _DIGEST_BYTES = 100
 _NAME_MAX = 253  # metadata.name of the ImageAudit
 _NO_NODES = "no node matches the pods' scheduling constraints"
-
-
-class Verdict(enum.StrEnum):
-    """A workload's verdict: the enum of `.status.verdict` in the CRD (same strings as policy.Verdict)."""
-
-    COMPATIBLE = "Compatible"
-    INCOMPATIBLE = "Incompatible"
-    AT_RISK = "AtRisk"
-    UNKNOWN = "Unknown"
-
-
-# Worst first: the order in which problems are told and containers listed.
-_SEVERITY = {Verdict.INCOMPATIBLE: 0, Verdict.UNKNOWN: 1, Verdict.AT_RISK: 2, Verdict.COMPATIBLE: 3}
-_FIT_BADNESS = {Fit.RUNS: 0, Fit.AT_RISK: 1, Fit.NO: 2}
-
-
-class NodeLike(Protocol):
-    """What a report needs of a node; `scheduling.Node` has it (kept structural to stay independent)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def platform(self) -> Platform: ...
-
-    @property
-    def profiles(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -146,8 +117,8 @@ class PodFacts:
     """One pod of the workload, as the glue saw it."""
 
     name: str
-    node: NodeLike | None  # where it runs; None while pending (or on a node we do not know)
-    candidates: Sequence[NodeLike]  # the nodes it may use (its scheduling constraints, nodeName aside)
+    node: Node | None  # where it runs; None while pending (or on a node we do not know)
+    candidates: Sequence[Node]  # the nodes it may use (its scheduling constraints, nodeName aside)
     containers: tuple[Container, ...]  # init, regular and ephemeral containers
     evidence: tuple[RuntimeEvidence, ...] = ()
 
@@ -248,6 +219,16 @@ def _container_of_field_path(path: str) -> str:
 # --- building the report ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TemplateFacts:
+    """A workload without pods, judged from its pod template (what its pods would be)."""
+
+    containers: tuple[Container, ...]
+    candidates: Sequence[Node]  # the nodes its pods could use
+    why: str  # "scaled to 0", "no pods", "no pods between runs"
+    denied: bool = False  # archaudit denies its pods (enforce mode), so Incompatible means none will start
+
+
 @dataclass
 class _PlatformTally:
     platform: Platform
@@ -262,16 +243,10 @@ class _ContainerTally:
     result: ImagePlatforms | ResolutionError
     platforms: dict[str, _PlatformTally] = field(default_factory=dict)
     evidence: list[RuntimeEvidence] = field(default_factory=list)
-    pending_pods: int = 0
-    pending_nowhere: int = 0  # pending pods none of whose candidate nodes can run this image
+    verdict: Verdict = Verdict.COMPATIBLE  # the engine's, worst over the pods
+    reason: str = ""
 
-    @property
-    def nowhere_to_go(self) -> bool:
-        """No pod runs and no pending pod has a candidate node that runs this image."""
-        running = any(p.pods for p in self.platforms.values())
-        return not running and 0 < self.pending_nowhere == self.pending_pods
-
-    def tally(self, node: NodeLike, fit: Fit | None, *, running: bool) -> None:
+    def tally(self, node: Node, fit: Fit | None, *, running: bool) -> None:
         key = str(node.platform)
         entry = self.platforms.get(key)
         if entry is None:
@@ -282,30 +257,12 @@ class _ContainerTally:
             entry.pods += 1
             entry.no_pods += fit is Fit.NO
 
-
-@dataclass(frozen=True)
-class _Judgement:
-    verdict: Verdict
-    reason: str
-    message: str
-
-
-class _Fits:
-    """Memo of `ImagePlatforms.runnable` per (image, node platform, profiles): 500 pods, few answers."""
-
-    def __init__(self, images: Mapping[str, ImagePlatforms | ResolutionError]) -> None:
-        self._images = images
-        self._memo: dict[tuple[str, Platform, tuple[str, ...]], Fit] = {}
-
-    def of(self, image: str, node: NodeLike) -> Fit | None:
-        result = self._images[image]
-        if isinstance(result, ResolutionError):
-            return None
-        key = (image, node.platform, tuple(node.profiles))
-        fit = self._memo.get(key)
-        if fit is None:
-            fit = self._memo[key] = result.runnable(node.platform, node.profiles)[0]
-        return fit
+    def judged(self, check: ImageCheck) -> None:
+        # Worst wins; at equal verdicts what a runtime reported beats what we infer.
+        if SEVERITY[check.verdict] < SEVERITY[self.verdict] or (
+            check.verdict is self.verdict and check.reason == EngineReason.RUNTIME_MISMATCH
+        ):
+            self.verdict, self.reason = check.verdict, check.reason
 
 
 def build(
@@ -316,73 +273,92 @@ def build(
     now: str,
     previous: Mapping[str, Any] | None = None,
     extra_evidence: Iterable[tuple[str, RuntimeEvidence]] = (),
+    template: TemplateFacts | None = None,
 ) -> Audit:
-    """The report for `workload` from its pods; `images` must hold a result for every container image.
+    """The report for `workload` from its pods (or, without pods, from `template`).
 
-    `now` is the RFC 3339 time of this check; `previous` the current `.status` (for condition
-    transition times and the last announced problem); `extra_evidence` (pod name, evidence) pairs come
-    from Events.
+    `images` must hold a result for every container image; `now` is the RFC 3339 time of this check;
+    `previous` the current `.status` (for condition transition times and the last announced problem);
+    `extra_evidence` (pod name, evidence) pairs come from Events.
     """
-    fits = _Fits(images)
-    tallies: dict[tuple[str, str], _ContainerTally] = {}
-    stuck: list[str] = []  # pending pods with candidates, none of which runs all their images
-    no_candidates = 0
     pod_names = {p.name for p in pods}
     evidence = [(p.name, e) for p in pods for e in p.evidence]
     evidence += [(pod, e) for pod, e in extra_evidence if pod in pod_names and (pod, e) not in evidence]
+    tallies: dict[tuple[str, str], _ContainerTally] = {}
+    verdicts: list[Verdict] = []
+    stuck = 0  # pending pods with nodes to go to, none of which runs all their images
+    judged_nodes: dict[str, Node] = {}
+    usable: set[str] = set()
     incompatible_pods: dict[str, int] = {}
+    # Pods of one ReplicaSet share their containers and candidate tuple (the glue sees to it): one
+    # judgement serves them all. The key holds the candidates object itself, so its id is never reused.
+    memo: dict[tuple[Any, ...], Judgement] = {}
+    by_pod: dict[str, list[RuntimeEvidence]] = {}
+    for pod_name, e in evidence:
+        by_pod.setdefault(pod_name, []).append(e)
 
-    for pod in pods:
-        pod_tallies = []
-        for c in pod.containers:
+    units: list[tuple[PodFacts | None, Sequence[Node], tuple[Container, ...], Node | None]]
+    if pods:
+        units = [(p, p.candidates, p.containers, p.node) for p in pods]
+    elif template is not None:
+        units = [(None, template.candidates, template.containers, None)]
+    else:
+        units = []
+    for pod, candidates, containers, landed in units:
+        said = by_pod.get(pod.name, []) if pod is not None else []
+        # Evidence without a container name (an Event without fieldPath) weighs on all of the pod's.
+        accused = frozenset(c.name for c in containers if any(e.container in ("", c.name) for e in said))
+        key = (containers, id(candidates), candidates, landed.name if landed else None, accused)
+        j = memo.get(key)
+        if j is None:
+            j = memo[key] = judge(
+                [(c.name, c.image, images[c.image]) for c in containers],
+                candidates,
+                landed=landed,
+                evidence=accused,
+                is_pod=pod is not None,
+            )
+        verdicts.append(j.verdict)
+        usable.update(j.usable_nodes)
+        for node in candidates:
+            judged_nodes.setdefault(node.name, node)
+        if landed is not None:
+            judged_nodes.setdefault(landed.name, landed)
+        cannot_here = False
+        for c, check in zip(containers, j.images, strict=True):
             t = tallies.get((c.name, c.image))
             if t is None:
                 t = tallies[(c.name, c.image)] = _ContainerTally(c, images[c.image])
-            pod_tallies.append(t)
-        if pod.node is not None:
-            cannot = False
-            for t in pod_tallies:
-                fit = fits.of(t.container.image, pod.node)
-                t.tally(pod.node, fit, running=True)
-                cannot = cannot or fit is Fit.NO
-            if cannot:
-                key = str(pod.node.platform)
-                incompatible_pods[key] = incompatible_pods.get(key, 0) + 1
-        for node in pod.candidates:
-            for t in pod_tallies:
-                t.tally(node, fits.of(t.container.image, node), running=False)
-        if pod.node is None:
-            if not pod.candidates:
-                no_candidates += 1
-            elif _stuck(pod, fits):
-                stuck.append(pod.name)
-            for t in pod_tallies:
-                t.pending_pods += 1
-                t.pending_nowhere += bool(pod.candidates) and all(
-                    fits.of(t.container.image, n) is Fit.NO for n in pod.candidates
-                )
-
-    images_of = {p.name: {c.name: c.image for c in p.containers} for p in pods}
-    for pod_name, e in evidence:
-        # Evidence without a container name (an Event without fieldPath) weighs on all of the pod's.
-        names = [e.container] if e.container else list(images_of[pod_name])
-        for name in names:
-            t = tallies.get((name, images_of[pod_name].get(name, "")))
-            if t is not None and e not in t.evidence:
-                t.evidence.append(e)
+            t.judged(check)
+            for node in candidates:
+                t.tally(node, check.fit_on(node), running=False)
+            if landed is not None:
+                fit = check.fit_on(landed)
+                t.tally(landed, fit, running=True)
+                cannot_here = cannot_here or fit is Fit.NO
+            for e in said:
+                if e.container in ("", c.name) and e not in t.evidence:
+                    t.evidence.append(e)
+        if landed is not None and cannot_here:
+            where = str(landed.platform)
+            incompatible_pods[where] = incompatible_pods.get(where, 0) + 1
+        pod_alone = worst(check.verdict for check in j.images)
+        if landed is None and j.verdict is Verdict.INCOMPATIBLE and pod_alone is not Verdict.INCOMPATIBLE:
+            stuck += 1
 
     judged = sorted(
-        ((t, _judge(t)) for t in tallies.values()),
+        tallies.values(),
         # worst first, and what a runtime reported before what we infer
-        key=lambda tj: (
-            _SEVERITY[tj[1].verdict],
-            not tj[0].evidence,
-            tj[0].container.name,
-            tj[0].container.image,
-        ),
+        key=lambda t: (SEVERITY[t.verdict], not t.evidence, t.container.name, t.container.image),
     )
-    verdict, message = _overall(judged, pods, stuck, no_candidates, tallies)
-    status = _status(workload, verdict, message, judged, pods, evidence, incompatible_pods)
+    verdict = worst(verdicts) if units else Verdict.UNKNOWN
+    suggestion = (
+        fix(judged_nodes.values(), usable) if verdict in (Verdict.INCOMPATIBLE, Verdict.AT_RISK) else None
+    )
+    message = _message(verdict, judged, pods, stuck, suggestion)
+    if not pods and template is not None:
+        message = _clip(_without_pods(template, verdict, message), _MESSAGE_BYTES)
+    status = _status(workload, verdict, message, judged, pods, incompatible_pods)
     problem = _problem_key(verdict, judged, stuck)
     announced = str((previous or {}).get("announced") or "")
     status["announced"] = problem or ""
@@ -408,115 +384,78 @@ def build(
     )
 
 
-def _stuck(pod: PodFacts, fits: _Fits) -> bool:
-    """A pending pod none of whose candidate nodes runs all its (resolved) images."""
-    if any(fits.of(c.image, pod.candidates[0]) is None for c in pod.containers):
-        return False  # unresolved: we cannot prove it
-    return not any(all(fits.of(c.image, n) is Fit.RUNS for c in pod.containers) for n in pod.candidates)
-
-
-def _judge(t: _ContainerTally) -> _Judgement:
-    image = t.container.image
-    if t.evidence:
-        e = t.evidence[0]
-        return _Judgement(Verdict.INCOMPATIBLE, "runtime-mismatch", f"the runtime said: {e.message}")
-    if isinstance(t.result, ResolutionError):
-        return _Judgement(Verdict.UNKNOWN, t.result.reason.value, t.result.message)
-    provides = _provides_text(t.result)
-    running_no = sorted(k for k, p in t.platforms.items() if p.no_pods)
-    if running_no:
-        pods = sum(t.platforms[k].no_pods for k in running_no)
-        where = _join(running_no)
-        text = f"image {image} provides {provides}; {_plural(pods, 'pod')} run on {where} nodes"
-        return _Judgement(Verdict.INCOMPATIBLE, "no-matching-platform", text)
-    if t.nowhere_to_go:
-        where = _join(sorted(t.platforms))
-        text = f"image {image} provides {provides}; nodes its pods can use are {where}"
-        return _Judgement(Verdict.INCOMPATIBLE, "no-matching-platform", text)
-    if not t.platforms:
-        return _Judgement(Verdict.UNKNOWN, "no-candidate-nodes", _NO_NODES)
-    cannot = sorted(k for k, p in t.platforms.items() if p.fit is Fit.NO)
-    if cannot:
-        text = f"image {image} provides {provides}; its pods may also land on {_join(cannot)} nodes"
-        return _Judgement(Verdict.AT_RISK, "not-on-all-candidates", text)
-    unsure = sorted(k for k, p in t.platforms.items() if p.fit is Fit.AT_RISK)
-    if unsure:
-        text = (
-            f"image {image} provides {provides}; on {_join(unsure)} nodes it runs only if containerd "
-            "pulls with the local (lenient) platform matcher"
-        )
-        return _Judgement(Verdict.AT_RISK, "depends-on-pull-mode", text)
-    return _Judgement(Verdict.COMPATIBLE, "", "")
-
-
-def _overall(
-    judged: Sequence[tuple[_ContainerTally, _Judgement]],
+def _message(
+    verdict: Verdict,
+    judged: Sequence[_ContainerTally],
     pods: Sequence[PodFacts],
-    stuck: Sequence[str],
-    no_candidates: int,
-    tallies: Mapping[tuple[str, str], _ContainerTally],
-) -> tuple[Verdict, str]:
-    if not pods:
-        return Verdict.UNKNOWN, "no pods to audit"
-    problems = [j for _t, j in judged if j.verdict is not Verdict.COMPATIBLE]
-    worst = problems[0].verdict if problems else Verdict.COMPATIBLE
-    if stuck and worst is not Verdict.INCOMPATIBLE:
-        text = f"{_plural(len(stuck), 'pending pod')} can use no node that runs all its images"
-        return Verdict.INCOMPATIBLE, _clip(_with_fix(text, tallies), _MESSAGE_BYTES)
+    stuck: int,
+    suggestion: str | None,
+) -> str:
+    """The report's one sentence: the worst problem, in the words of the pods' tallies."""
+    if not judged and not pods:
+        return "no pods to audit"
+    problems = [t for t in judged if t.verdict is not Verdict.COMPATIBLE]
+    tail = f"; fix: {suggestion}" if suggestion else ""
+    if stuck and (not problems or problems[0].verdict is not Verdict.INCOMPATIBLE):
+        text = f"{plural(stuck, 'pending pod')} can use no node that runs all its images"
+        return _clip(text + tail, _MESSAGE_BYTES)
     if not problems:
-        if no_candidates == len(pods):
-            return Verdict.UNKNOWN, _NO_NODES
-        platforms = sorted({k for t in tallies.values() for k in t.platforms})
-        text = f"{_plural(len(tallies), 'image')} run on every node the pods use ({_join(platforms)})"
-        return Verdict.COMPATIBLE, _clip(text, _MESSAGE_BYTES)
-    text = problems[0].message
+        platforms = sorted({k for t in judged for k in t.platforms})
+        n = len(judged)
+        verb = "runs" if n == 1 else "run"
+        where = "the pods use" if pods else "its pods can use"
+        return _clip(
+            f"{plural(n, 'image')} {verb} on every node {where} ({_join(platforms)})", _MESSAGE_BYTES
+        )
+    text = _container_message(problems[0])
     if len(problems) > 1:
         text += f" (and {len(problems) - 1} more)"
-    if worst in (Verdict.INCOMPATIBLE, Verdict.AT_RISK):
-        text = _with_fix(text, tallies)
-    return worst, _clip(text, _MESSAGE_BYTES)
+    return _clip(text + (tail if verdict in (Verdict.INCOMPATIBLE, Verdict.AT_RISK) else ""), _MESSAGE_BYTES)
 
 
-def _with_fix(text: str, tallies: Mapping[tuple[str, str], _ContainerTally]) -> str:
-    fix = _fix(tallies)
-    return f"{text}; fix: {fix}" if fix else text
+def _without_pods(template: TemplateFacts, verdict: Verdict, message: str) -> str:
+    if verdict is Verdict.INCOMPATIBLE and template.denied:
+        return f"{template.why}: every pod would be denied: {message}"
+    return f"{template.why}: {message}"
 
 
-def _fix(tallies: Mapping[tuple[str, str], _ContainerTally]) -> str:
-    """A nodeSelector on kubernetes.io/arch that keeps every pod on nodes all its images run on, if any.
+def _container_message(t: _ContainerTally) -> str:
+    """What is wrong with one container's image, told with the tallies of the pods that run it."""
+    image = t.container.image
+    if t.reason == EngineReason.RUNTIME_MISMATCH and t.evidence:
+        return f"the runtime said: {t.evidence[0].message}"
+    if isinstance(t.result, ResolutionError):
+        return t.result.message
+    if t.reason == EngineReason.NO_CANDIDATE_NODES:
+        return _NO_NODES
+    provides = _provides_text(t.result)
+    if t.reason == EngineReason.NO_MATCHING_PLATFORM:
+        running_no = sorted(k for k, p in t.platforms.items() if p.no_pods)
+        if running_no:
+            pods = sum(t.platforms[k].no_pods for k in running_no)
+            verb = "runs" if pods == 1 else "run"
+            where = _join(running_no)
+            return f"image {image} provides {provides}; {plural(pods, 'pod')} {verb} on {where} nodes"
+        return f"image {image} provides {provides}; nodes its pods can use are {_join(sorted(t.platforms))}"
+    if t.reason == EngineReason.NOT_ON_ALL_CANDIDATES:
+        cannot = sorted(k for k, p in t.platforms.items() if p.fit is Fit.NO)
+        return f"image {image} provides {provides}; its pods may also land on {_join(cannot)} nodes"
+    unsure = sorted(k for k, p in t.platforms.items() if p.fit is Fit.AT_RISK)
+    return (
+        f"image {image} provides {provides}; on {_join(unsure)} nodes it runs only if containerd "
+        "pulls with the local (lenient) platform matcher"
+    )
 
-    Offered only when the architectures that work and those that do not are apart (linux/arm/v6 vs
-    linux/arm/v7 cannot be told apart by that label).
-    """
-    seen: dict[str, Platform] = {}
-    bad: set[str] = set()
-    for t in tallies.values():
-        if isinstance(t.result, ResolutionError):
-            return ""
-        for key, p in t.platforms.items():
-            seen[key] = p.platform
-            if p.fit is not Fit.RUNS:
-                bad.add(key)
-    good_arches = {seen[k].architecture for k in seen if k not in bad}
-    bad_arches = {seen[k].architecture for k in bad}
-    if not good_arches or not bad_arches or good_arches & bad_arches:
-        return ""
-    if len(good_arches) == 1:
-        return f"add nodeSelector kubernetes.io/arch={next(iter(good_arches))}"
-    return f"require node affinity kubernetes.io/arch In ({', '.join(sorted(good_arches))})"
 
-
-def _problem_key(
-    verdict: Verdict, judged: Sequence[tuple[_ContainerTally, _Judgement]], stuck: Sequence[str]
-) -> str:
+def _problem_key(verdict: Verdict, judged: Sequence[_ContainerTally], stuck: int) -> str:
     """Identity of the problem an Event announces: what is wrong, not how many pods show it."""
     if verdict not in (Verdict.INCOMPATIBLE, Verdict.AT_RISK):
         return ""
     parts = [verdict.value, "stuck" if stuck else ""]
     parts += [
-        f"{t.container.name}={t.container.image}:{j.verdict.value}:{j.reason}"
-        for t, j in judged
-        if j.verdict is not Verdict.COMPATIBLE
+        f"{t.container.name}={t.container.image}:{t.verdict.value}:{t.reason}"
+        for t in judged
+        if t.verdict is not Verdict.COMPATIBLE
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
@@ -525,19 +464,18 @@ def _status(
     workload: WorkloadRef,
     verdict: Verdict,
     message: str,
-    judged: Sequence[tuple[_ContainerTally, _Judgement]],
+    judged: Sequence[_ContainerTally],
     pods: Sequence[PodFacts],
-    evidence: Sequence[tuple[str, RuntimeEvidence]],
     incompatible_pods: Mapping[str, int],
 ) -> dict[str, Any]:
     running = sorted({str(p.node.platform) for p in pods if p.node is not None})
-    listed = [_container_entry(t, j) for t, j in judged[:MAX_CONTAINERS]]
+    listed = [_container_entry(t) for t in judged[:MAX_CONTAINERS]]
     return {
         "workload": _clip(str(workload), _NAME_MAX + 32),
         "verdict": verdict.value,
         "message": message,
         "images": len(judged),
-        "incompatible": sum(1 for _t, j in judged if j.verdict is Verdict.INCOMPATIBLE),
+        "incompatible": sum(1 for t in judged if t.verdict is Verdict.INCOMPATIBLE),
         "pods": len(pods),
         "incompatiblePods": sum(incompatible_pods.values()),
         "nodePlatforms": _capped_join(running),
@@ -546,7 +484,7 @@ def _status(
     }
 
 
-def _container_entry(t: _ContainerTally, j: _Judgement) -> dict[str, Any]:
+def _container_entry(t: _ContainerTally) -> dict[str, Any]:
     result = t.result
     provides = [] if isinstance(result, ResolutionError) else _shown_platforms(result)
     # When capped, keep the platforms where it does not run: they are the news.
@@ -555,6 +493,7 @@ def _container_entry(t: _ContainerTally, j: _Judgement) -> dict[str, Any]:
         {"platform": _clip(key, _PLATFORM_BYTES), "fit": p.fit.value if p.fit else "unknown", "pods": p.pods}
         for key, p in sorted(worst_first, key=lambda kp: kp[0])
     ]
+    problem = _container_message(t) if t.verdict is not Verdict.COMPATIBLE else ""
     return {
         "name": _clip(t.container.name, _NAME_BYTES),
         "image": _clip(t.container.image, _IMAGE_BYTES),
@@ -562,11 +501,14 @@ def _container_entry(t: _ContainerTally, j: _Judgement) -> dict[str, Any]:
         "provides": [_clip(p, _PLATFORM_BYTES) for p in provides[:MAX_PLATFORMS]],
         "nodePlatforms": [c["platform"] for c in checks],
         "checks": checks,
-        "verdict": j.verdict.value,
-        "reason": j.reason,
-        "message": _clip(j.message, _CONTAINER_MESSAGE_BYTES),
+        "verdict": t.verdict.value,
+        "reason": t.reason,
+        "message": _clip(problem, _CONTAINER_MESSAGE_BYTES),
         "runtimeMismatch": bool(t.evidence),
     }
+
+
+_FIT_BADNESS = {Fit.RUNS: 0, Fit.AT_RISK: 1, Fit.NO: 2}
 
 
 def _badness(fit: Fit | None) -> int:
@@ -574,7 +516,7 @@ def _badness(fit: Fit | None) -> int:
 
 
 def _conditions(
-    judged: Sequence[tuple[_ContainerTally, _Judgement]],
+    judged: Sequence[_ContainerTally],
     evidence: Sequence[tuple[str, RuntimeEvidence]],
     *,
     now: str,
@@ -585,7 +527,7 @@ def _conditions(
         mismatch = ("True", _camel(e.kind.value), f"pod {pod} container {e.container}: {e.message}")
     else:
         mismatch = ("False", "NotObserved", "no container reported an exec format or platform match error")
-    failed = [t.result for t, _j in judged if isinstance(t.result, ResolutionError)]
+    failed = [t.result for t in judged if isinstance(t.result, ResolutionError)]
     if failed:
         resolved = ("False", _camel(failed[0].reason.value), failed[0].message)
     else:
@@ -698,10 +640,6 @@ def _join(items: Sequence[str]) -> str:
 def _capped_join(items: Sequence[str]) -> str:
     shown = ",".join(_clip(i, _PLATFORM_BYTES) for i in items[:MAX_PLATFORMS])
     return shown + (f",+{len(items) - MAX_PLATFORMS}" if len(items) > MAX_PLATFORMS else "")
-
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _camel(text: str) -> str:
