@@ -671,3 +671,36 @@ def test_platforms_are_shown_as_nodes_name_them() -> None:
     declared = image("linux/amd64", "linux/arm64/v8", "linux/arm/v7", "linux/arm64")
     audit = build([pod("a", ARM64, [ARM64, ARM])], {"acme/app:1": declared})
     assert audit.status["containers"][0]["provides"] == ["linux/amd64", "linux/arm64", "linux/arm/v7"]
+
+
+# --- workloads without pods: judged from the template ------------------------------------------------
+
+
+def test_a_workload_whose_pods_are_all_denied_says_so() -> None:
+    template = reports.TemplateFacts((Container("app", "acme/app:1"),), (ARM64,), why="no pods", denied=True)
+    audit = reports.build(WORKLOAD, [], {"acme/app:1": AMD_ONLY}, now=NOW, template=template)
+    assert audit.verdict is Verdict.INCOMPATIBLE
+    assert audit.message == (
+        "no pods: every pod would be denied: image acme/app:1 provides linux/amd64 only; "
+        "nodes its pods can use are linux/arm64"
+    )
+    assert (audit.status["pods"], audit.status["incompatible"]) == (0, 1)
+    assert audit.announce
+
+
+def test_a_workload_scaled_to_zero_is_judged_from_its_template() -> None:
+    template = reports.TemplateFacts((Container("app", "acme/app:1"),), (AMD1, ARM64), why="scaled to 0")
+    audit = reports.build(WORKLOAD, [], {"acme/app:1": MULTI}, now=NOW, template=template)
+    assert audit.verdict is Verdict.COMPATIBLE
+    assert (
+        audit.message == "scaled to 0: 1 image runs on every node its pods can use (linux/amd64, linux/arm64)"
+    )
+    at_risk = reports.build(WORKLOAD, [], {"acme/app:1": AMD_ONLY}, now=NOW, template=template)
+    assert at_risk.verdict is Verdict.AT_RISK
+    assert at_risk.message.startswith("scaled to 0: image acme/app:1 provides linux/amd64 only")
+    assert at_risk.message.endswith("fix: add nodeSelector kubernetes.io/arch=amd64")
+
+
+def test_without_pods_or_template_there_is_nothing_to_say() -> None:
+    audit = reports.build(WORKLOAD, [], {}, now=NOW)
+    assert (audit.verdict, audit.message) == (Verdict.UNKNOWN, "no pods to audit")
