@@ -157,6 +157,78 @@ def pod_record(obj: Mapping[str, Any], shared: _Interner | None = None) -> _Pod:
     )
 
 
+# Kinds whose pod template the auditor judges when they have no pods, with the apiVersion kopf watches.
+TEMPLATE_RESOURCES: tuple[tuple[str, str, str, str], ...] = (
+    ("apps", "v1", "deployments", "Deployment"),
+    ("apps", "v1", "statefulsets", "StatefulSet"),
+    ("apps", "v1", "daemonsets", "DaemonSet"),
+    ("apps", "v1", "replicasets", "ReplicaSet"),
+    ("batch", "v1", "jobs", "Job"),
+    ("batch", "v1", "cronjobs", "CronJob"),
+    ("", "v1", "replicationcontrollers", "ReplicationController"),
+)
+_SCALED = ("Deployment", "StatefulSet", "ReplicaSet", "ReplicationController")
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """A top-level workload's pod template: what its pods would be, for a report while it has none."""
+
+    ref: WorkloadRef
+    spec: Mapping[str, Any]  # scheduling and pull-credential fields, as the scheduler will see them
+    containers: tuple[Container, ...]
+    why: str  # why it has no pods, when it has none: "scaled to 0", "suspended", ...
+
+    @property
+    def namespace(self) -> str:
+        return self.ref.namespace
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+
+def template_record(kind: str, obj: Mapping[str, Any], shared: _Interner | None = None) -> _Template | None:
+    """The template of a workload a person manages, or None (owned by a controller, or no template).
+
+    A ReplicaSet of a Deployment or a Job of a CronJob is judged at its owner, whose report it feeds.
+    """
+    shared = _Interner() if shared is None else shared
+    if workloads.controller_of(obj) is not None:
+        return None
+    spec = workloads.scheduling_spec_of({**obj, "kind": kind})
+    if spec is None:
+        return None
+    meta = obj.get("metadata") or {}
+    body = obj.get("spec") or {}
+    ref = WorkloadRef(
+        api_version=str(obj.get("apiVersion") or ""),
+        kind=kind,
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        namespace=str(meta.get("namespace", "")),
+    )
+    if kind in _SCALED and body.get("replicas") == 0:
+        why = "scaled to 0"
+    elif kind == "CronJob" and body.get("suspend"):
+        why = "suspended"
+    elif kind == "CronJob":
+        why = "no pods between runs"
+    elif kind == "DaemonSet":
+        why = "no pods (no node runs it)"
+    else:
+        why = "no pods"
+    containers = tuple(
+        Container(sys.intern(str(n)), sys.intern(i)) for _s, n, i in workloads.containers_of(spec)
+    )
+    return _Template(
+        ref=ref,
+        spec=shared.mapping({k: spec[k] for k in _SPEC_KEYS if k in spec}),
+        containers=shared.share(containers, containers),
+        why=why,
+    )
+
+
 def _node_signature(obj: Mapping[str, Any]) -> str:
     """What about a node changes a verdict: labels, taints, cordon, runtime. Heartbeats do not."""
     spec = obj.get("spec") or {}
@@ -213,6 +285,8 @@ class Auditor:
     contributions: dict[WorkloadKey, _Contribution] = field(default_factory=dict)
     mismatches_seen: set[tuple[str, str, str, str]] = field(default_factory=set)
     dirty: set[ParentKey] = field(default_factory=set)
+    templates: dict[WorkloadKey, _Template] = field(default_factory=dict)  # top-level workloads
+    dirty_templates: set[WorkloadKey] = field(default_factory=set)
     full_due: bool = True
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     passes: int = 0  # completed passes, for tests and logs
@@ -261,6 +335,19 @@ class Auditor:
         else:
             self.node_signatures.pop(name, None)
         self.full_due = True  # candidates of any workload may have changed
+        self.wake.set()
+
+    def on_workload(self, kind: str, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), kind, str(meta.get("name", "")))
+        record = None if event_type == "DELETED" else template_record(kind, obj, self.shared)
+        if record == self.templates.get(key):
+            return  # a status or scale-subresource change that says nothing new
+        if record is None:
+            self.templates.pop(key, None)
+        else:
+            self.templates[key] = record
+        self.dirty_templates.add(key)
         self.wake.set()
 
     def on_kube_event(self, obj: Mapping[str, Any]) -> None:
@@ -353,16 +440,23 @@ class Auditor:
             await self._load_statuses(store)
         parents = set(self.by_parent) | self.dirty if full else set(self.dirty)
         self.dirty.clear()
+        template_keys = set(self.templates) | self.dirty_templates if full else set(self.dirty_templates)
+        self.dirty_templates.clear()
         if full:
             self.full_due = False
         touched, failed = await self._workloads_of(store, parents)
+        for key in template_keys:
+            if key in self.templates:
+                touched.setdefault(key, self.templates[key].ref)
         groups = self._group_pods(touched)
-        for key in [k for k, pods in groups.items() if not pods or not self._audited_namespace(ctx, k[0])]:
-            # No pods left (the report keeps its last word; GC removes it with the workload), or a
-            # namespace archaudit is told to leave alone.
+        for key in [k for k, pods in groups.items() if not self._reportable(ctx, k, pods)]:
+            # No pods and no template (a bare pod gone: GC removes its report with it), or a namespace
+            # archaudit is told to leave alone.
             self.contributions.pop(key, None)
             del groups[key]
-        images = await self._resolve(ctx, [pod for pods in groups.values() for pod in pods])
+        sources: list[_Pod | _Template] = [pod for pods in groups.values() for pod in pods]
+        sources += [self.templates[k] for k, pods in groups.items() if not pods]
+        images = await self._resolve(ctx, sources)
         for key, pods in groups.items():
             try:
                 await self._audit_one(ctx, store, touched[key], pods, images)
@@ -417,15 +511,17 @@ class Auditor:
                 groups[key].extend(self.pods[uid] for uid in sorted(self.by_parent.get(parent, ())))
         return groups
 
-    async def _resolve(self, ctx: Context, pods: Sequence[_Pod]) -> dict[tuple[str, str], Resolved]:
+    async def _resolve(
+        self, ctx: Context, pods: Sequence[_Pod | _Template]
+    ) -> dict[tuple[str, str], Resolved]:
         """Every unique (namespace, image) once, a few at a time: the webhook shares the registries."""
-        wanted: dict[tuple[str, str], _Pod] = {}
+        wanted: dict[tuple[str, str], _Pod | _Template] = {}
         for pod in pods:
             for c in pod.containers:
                 wanted.setdefault((pod.namespace, c.image), pod)
         limit = asyncio.Semaphore(max(1, ctx.settings.audit.concurrency))
 
-        async def one(key: tuple[str, str], pod: _Pod) -> tuple[tuple[str, str], Resolved]:
+        async def one(key: tuple[str, str], pod: _Pod | _Template) -> tuple[tuple[str, str], Resolved]:
             async with limit:
                 return key, await _resolve_image(ctx, pod, key[1])
 
@@ -444,15 +540,23 @@ class Auditor:
         key = (namespace, workload.kind, workload.name)
         exempt = ctx.settings.webhook.exempt_images
         facts = self._facts(ctx, pods, exempt)
-        if not facts:  # every image exempt: nothing to say
+        template = None if pods else self._template_facts(ctx, self.templates[key], exempt)
+        containers = [c for f in facts for c in f.containers] + list(template.containers if template else ())
+        if not containers:  # every image exempt: nothing to say
             self.contributions.pop(key, None)
             return
-        image_results = {c.image: images[(namespace, c.image)] for f in facts for c in f.containers}
+        image_results = {c.image: images[(namespace, c.image)] for c in containers}
         name = reports.audit_name(workload)
         previous = self.statuses.get((namespace, name))
         extra = [(p.name, e) for p in pods for e in self.event_evidence.get((namespace, p.name), ())]
         audit = reports.build(
-            workload, facts, image_results, now=_now(), previous=previous, extra_evidence=extra
+            workload,
+            facts,
+            image_results,
+            now=_now(),
+            previous=previous,
+            extra_evidence=extra,
+            template=template,
         )
         self.contributions[key] = _Contribution(
             namespace, audit.verdict.value, audit.incompatible_pods, audit.unresolved
@@ -490,6 +594,24 @@ class Auditor:
             node = ctx.nodes.get(pod.node_name) if pod.node_name else None
             facts.append(PodFacts(pod.name, node, candidates, containers, pod.evidence))
         return facts
+
+    def _template_facts(
+        self, ctx: Context, template: _Template, exempt: Sequence[str]
+    ) -> reports.TemplateFacts:
+        candidates = tuple(scheduling.candidates(template.spec, ctx.schedulable_universe()))
+        containers = tuple(c for c in template.containers if not policy.image_exempt(c.image, exempt))
+        mode = policy.namespace_mode(
+            template.namespace,
+            ctx.namespaces.get(template.namespace, {}),
+            default=ctx.settings.webhook.default_mode,
+            exempt=ctx.settings.webhook.exempt_namespaces,
+        )
+        return reports.TemplateFacts(
+            containers, candidates, why=template.why, denied=mode is policy.Mode.ENFORCE
+        )
+
+    def _reportable(self, ctx: Context, key: WorkloadKey, pods: Sequence[_Pod]) -> bool:
+        return bool(pods or key in self.templates) and self._audited_namespace(ctx, key[0])
 
     def _audited_namespace(self, ctx: Context, namespace: str) -> bool:
         mode = policy.namespace_mode(
@@ -540,7 +662,7 @@ def _api_of(ctx: Context) -> KubeApi:
     return api if isinstance(api, KubeApi) else KubeApi(load_client())
 
 
-async def _resolve_image(ctx: Context, pod: _Pod, image: str) -> Resolved:
+async def _resolve_image(ctx: Context, pod: _Pod | _Template, image: str) -> Resolved:
     try:
         ref = parse_reference(image)
     except InvalidReference as e:
@@ -610,6 +732,17 @@ def configure_kopf(settings: kopf.OperatorSettings, audit: AuditSettings | None 
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
+def _watch_workloads(
+    registry: kopf.OperatorRegistry, auditor: Auditor, group: str, version: str, plural: str, kind: str
+) -> None:
+    api_version = f"{group}/{version}" if group else version
+
+    @kopf.on.event(group, version, plural, registry=registry, id=f"audit-{plural}")
+    async def audit_workload_event(event: Mapping[str, Any], **_: Any) -> None:
+        obj = event.get("object") or {}
+        auditor.on_workload(kind, event.get("type"), {"apiVersion": api_version, **obj})
+
+
 def register(registry: kopf.OperatorRegistry, ctx_getter: Callable[[], Context]) -> Auditor:
     """Add the auditor's watch handlers and its worker's start and stop to `registry`."""
     auditor = Auditor(ctx_getter)
@@ -636,6 +769,9 @@ def register(registry: kopf.OperatorRegistry, ctx_getter: Callable[[], Context])
     @kopf.on.event("", "v1", "nodes", registry=registry)
     async def audit_node_event(event: Mapping[str, Any], **_: Any) -> None:
         auditor.on_node(event.get("type"), event.get("object") or {})
+
+    for group, version, plural, kind in TEMPLATE_RESOURCES:
+        _watch_workloads(registry, auditor, group, version, plural, kind)
 
     if ctx_getter().settings.audit.watch_events:
 

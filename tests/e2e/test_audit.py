@@ -286,3 +286,63 @@ def test_a_tag_that_moves_flips_the_verdict(
     push_image(pusher, repo, "linux", "amd64", tag="1", config=image_config("linux", "amd64"))
     moved = _wait_verdict(cluster, auditor, namespace, "deployment-mover", "Incompatible")
     assert moved["status"]["containers"][0]["provides"] == ["linux/amd64"]
+
+
+def test_workloads_without_pods_are_judged_from_their_template(
+    cluster: Cluster, namespace: str, auditor: Operator, plain_registry: Seeded
+) -> None:
+    """`kubectl get ia` lists every workload archaudit has an opinion on, pods or not."""
+    apps = client.AppsV1Api(cluster.admin)
+    amd_only = plain_registry.samples["amd64-docker"].reference
+    arm64 = {"kubernetes.io/arch": "arm64"}
+    apps.create_namespaced_deployment(
+        namespace, deployment_manifest("idle", image=amd_only, replicas=0, node_selector=arm64)
+    )
+    pod = pod_manifest("nightly", image=amd_only, node_selector=arm64)
+    template = {"metadata": pod["metadata"], "spec": {**pod["spec"], "restartPolicy": "Never"}}
+    client.BatchV1Api(cluster.admin).create_namespaced_cron_job(
+        namespace,
+        {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": {"name": "nightly"},
+            # Never due while the test runs: the CronJob stays between runs, without a Job or a pod.
+            "spec": {"schedule": "0 0 29 2 1", "jobTemplate": {"spec": {"template": template}}},
+        },
+    )
+
+    idle = _wait_verdict(cluster, auditor, namespace, "deployment-idle", "Incompatible")["status"]
+    assert idle["pods"] == 0
+    assert idle["message"] == (
+        f"scaled to 0: every pod would be denied: image {amd_only} provides linux/amd64 only; "
+        "nodes its pods can use are linux/arm64"
+    )
+    nightly = _wait_verdict(cluster, auditor, namespace, "cronjob-nightly", "Incompatible")["status"]
+    assert nightly["message"].startswith("no pods between runs: every pod would be denied: ")
+    names = {
+        row["cells"][0]
+        for row in _table(cluster, f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}")["rows"]
+    }
+    assert {"deployment-idle", "cronjob-nightly"} <= names
+
+    # Scaled up, its pods are judged where they run; scaled back to 0, from the template again.
+    apps.patch_namespaced_deployment_scale("idle", namespace, {"spec": {"replicas": 1}})
+    wait_pods(cluster.admin, namespace, "app=idle", count=1)
+    running = _wait_verdict(cluster, auditor, namespace, "deployment-idle", "Incompatible")
+    wait_until(
+        lambda: (_audit(cluster, namespace, "deployment-idle") or {}).get("status", {}).get("pods") == 1,
+        timeout=AUDIT_WAIT,
+        what="the report of the running pod",
+    )
+    assert running["status"]["verdict"] == "Incompatible"
+    apps.patch_namespaced_deployment_scale("idle", namespace, {"spec": {"replicas": 0}})
+    wait_until(
+        lambda: (
+            (_audit(cluster, namespace, "deployment-idle") or {})
+            .get("status", {})
+            .get("message", "")
+            .startswith("scaled to 0: ")
+        ),
+        timeout=AUDIT_WAIT,
+        what="the report to say the Deployment is scaled to 0",
+    )

@@ -18,6 +18,7 @@ import pytest
 from archaudit import audit
 from archaudit.adapters.auditstore import OwnerCache
 from archaudit.audit import Auditor, configure_kopf, pod_record
+from archaudit.core import reports
 from archaudit.core.config import AuditSettings
 from archaudit.core.reports import EvidenceKind, WorkloadRef
 
@@ -346,3 +347,73 @@ async def test_owner_cache_expires() -> None:
     now[0] = 61.0
     await cache.workload_of(_pod(owner=RS_REF))
     assert len(source.reads) == 2
+
+
+# --- workloads without pods ---------------------------------------------------------------------------
+
+
+def deployment(replicas: int = 1, owner: dict[str, Any] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "web", "namespace": "shop", "uid": "d-1"}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return {
+        "apiVersion": "apps/v1",
+        "metadata": meta,
+        "spec": {
+            "replicas": replicas,
+            "template": {
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/arch": "arm64"},
+                    "containers": [{"name": "app", "image": "acme/app:1"}],
+                }
+            },
+        },
+    }
+
+
+def test_template_record_of_a_workload_people_manage() -> None:
+    record = audit.template_record("Deployment", deployment())
+    assert record is not None
+    assert (record.ref.kind, record.ref.name, record.ref.uid, record.ref.api_version) == (
+        "Deployment",
+        "web",
+        "d-1",
+        "apps/v1",
+    )
+    assert record.containers == (reports.Container("app", "acme/app:1"),)
+    assert record.spec == {"nodeSelector": {"kubernetes.io/arch": "arm64"}}
+    assert record.why == "no pods"
+    assert audit.template_record("Deployment", deployment(replicas=0)).why == "scaled to 0"  # type: ignore[union-attr]
+
+
+def test_a_replicaset_of_a_deployment_is_judged_at_its_owner() -> None:
+    owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "d-1", "controller": True}
+    assert audit.template_record("ReplicaSet", deployment(owner=owner)) is None
+
+
+def test_cronjob_between_runs_and_suspended() -> None:
+    cron = {
+        "apiVersion": "batch/v1",
+        "metadata": {"name": "nightly", "namespace": "shop", "uid": "c-1"},
+        "spec": {
+            "schedule": "0 3 * * *",
+            "jobTemplate": {"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x:1"}]}}}},
+        },
+    }
+    assert audit.template_record("CronJob", cron).why == "no pods between runs"  # type: ignore[union-attr]
+    cron["spec"]["suspend"] = True
+    assert audit.template_record("CronJob", cron).why == "suspended"  # type: ignore[union-attr]
+
+
+def test_only_template_changes_make_work() -> None:
+    auditor = audit.Auditor(lambda: None)  # type: ignore[arg-type,return-value]
+    auditor.on_workload("Deployment", "ADDED", deployment())
+    assert auditor.dirty_templates == {("shop", "Deployment", "web")}
+    auditor.dirty_templates.clear()
+    status_only = {**deployment(), "status": {"replicas": 1, "readyReplicas": 0}}
+    auditor.on_workload("Deployment", "MODIFIED", status_only)
+    assert not auditor.dirty_templates
+    auditor.on_workload("Deployment", "MODIFIED", deployment(replicas=0))
+    assert auditor.dirty_templates == {("shop", "Deployment", "web")}
+    auditor.on_workload("Deployment", "DELETED", deployment(replicas=0))
+    assert ("shop", "Deployment", "web") not in auditor.templates

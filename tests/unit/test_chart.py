@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from archaudit.core import config
+from archaudit.webhook import WORKLOAD_RESOURCES
 from tests.harness.cluster import find_bin_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -676,6 +677,10 @@ def test_image_audits_aggregate_into_the_default_roles() -> None:
 # --- RBAC -------------------------------------------------------------------------------------------------
 
 
+# The auditor watches every workload kind the webhook checks (reports for workloads without pods).
+WORKLOAD_RESOURCES_READ = [(group, resource) for group, _version, resource in WORKLOAD_RESOURCES]
+
+
 def grants(rules: Sequence[Doc]) -> set[tuple[str, str, str]]:
     return {
         (g, r, v)
@@ -698,8 +703,11 @@ def test_rbac_is_least_privilege() -> None:
         *{("", "pods", v) for v in ("get", "list", "watch")},
         *{("", "namespaces", v) for v in ("get", "list", "watch")},
         *{("", "events", v) for v in ("get", "list", "watch", "create")},
-        ("apps", "replicasets", "get"),
-        ("batch", "jobs", "get"),
+        *{
+            (group, resource, verb)
+            for group, resource in [*WORKLOAD_RESOURCES_READ]
+            for verb in ("get", "list", "watch")
+        },
         *{("archaudit.io", "imageaudits", v) for v in ("get", "list", "create")},
         ("archaudit.io", "imageaudits/status", "patch"),
         ("", "serviceaccounts", "get"),
