@@ -63,6 +63,12 @@ def test_demo_up_reuses_and_down_cleans(tmp_path: Path) -> None:
         pods = _sourced(env_file, f"kubectl -n {DEMO_NAMESPACE} get pods -l app={DENIED_EXAMPLE} -o name")
         assert pods.strip() == ""
         assert _sourced(env_file, f"kubectl -n {DEMO_NAMESPACE} get pods -l app=multiarch -o name").strip()
+        # ... and the workload whose every pod is denied has its report too, judged from its template
+        message = "jsonpath='{.status.message}'"
+        verdict = _sourced(
+            env_file, f"kubectl -n {DEMO_NAMESPACE} get ia deployment-{DENIED_EXAMPLE} -o {message}"
+        )
+        assert verdict.startswith("no pods: every pod would be denied: "), verdict
 
         # ... and its metrics URL, as .demo/env gives it, answers with the denials counted
         metrics_url = _sourced(env_file, "echo $ARCHAUDIT_METRICS_URL").strip()

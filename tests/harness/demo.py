@@ -170,6 +170,7 @@ TOKEN_SECONDS = 7 * 24 * 3600  # the demo's ServiceAccount token outlives any de
 ARCHAUDIT_READY_SECONDS = 120.0
 WEBHOOK_LIVE_SECONDS = 90.0
 DENIAL_SECONDS = 90.0
+REPORTS_SECONDS = 60.0  # the first audit pass: seconds after start-up, longer on a loaded machine
 
 
 def _helm(state: DemoState, *args: str) -> str:
@@ -277,6 +278,17 @@ def denials(state: DemoState) -> list[str]:
     return sorted(set(found))
 
 
+def _names(state: DemoState, resource: str) -> set[str]:
+    done = _kubectl(state, "get", resource, "-n", DEMO_NAMESPACE, "-o", "name", check=False)
+    return {line.split("/", 1)[-1] for line in done.stdout.split()} if done.returncode == 0 else set()
+
+
+def _reported(state: DemoState) -> bool:
+    """Every Deployment of the demo namespace has its ImageAudit (`deployment-<name>`)."""
+    wanted = {f"deployment-{name}" for name in _names(state, "deployments")}
+    return bool(wanted) and wanted <= _names(state, "imageaudits")
+
+
 def archaudit_report(state: DemoState) -> str:
     """What archaudit did to the examples: the denials, then its ImageAudit reports."""
     with contextlib.suppress(TimeoutError):
@@ -287,6 +299,15 @@ def archaudit_report(state: DemoState) -> str:
             what=f"archaudit to deny the pods of {DENIED_EXAMPLE}",
         )
     denied = "\n".join(f"    {d}" for d in denials(state)) or "    (none yet)"
+    # The first audit pass ends a few seconds after start-up: list the reports once every example
+    # workload has one, so that the demo does not print "No resources found".
+    with contextlib.suppress(TimeoutError):
+        wait_until(
+            lambda: _reported(state),
+            timeout=REPORTS_SECONDS,
+            interval=0.5,
+            what="an ImageAudit for every example workload",
+        )
     audits = _kubectl(state, "get", "imageaudits", "-A", check=False)
     table = (audits.stdout or audits.stderr).strip() or "No resources found"
     return f"  pods archaudit denied:\n{denied}\n  kubectl get imageaudits -A:\n    " + table.replace(
