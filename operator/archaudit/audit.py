@@ -34,10 +34,10 @@ from archaudit.adapters.kube import KubeApi, load_client
 from archaudit.context import Context
 from archaudit.core import policy, reports, scheduling, workloads
 from archaudit.core.config import AuditSettings
-from archaudit.core.errors import InvalidReference, Reason, ResolutionError
+from archaudit.core.errors import ResolutionError
 from archaudit.core.manifests import ImagePlatforms
-from archaudit.core.reference import parse as parse_reference
 from archaudit.core.reports import Container, PodFacts, RuntimeEvidence, WorkloadRef
+from archaudit.resolution import resolve_images
 
 __all__ = ["Auditor", "configure_kopf", "register"]
 
@@ -278,7 +278,7 @@ class Auditor:
     by_name: dict[tuple[str, str], str] = field(default_factory=dict)  # (namespace, pod name) -> uid
     workload_of: dict[ParentKey, WorkloadRef] = field(default_factory=dict)
     node_signatures: dict[str, str] = field(default_factory=dict)
-    statuses: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (ns, audit name)
+    statuses: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)  # (ns, audit name)
     event_evidence: OrderedDict[tuple[str, str], tuple[RuntimeEvidence, ...]] = field(
         default_factory=OrderedDict
     )
@@ -663,25 +663,8 @@ def _api_of(ctx: Context) -> KubeApi:
 
 
 async def _resolve_image(ctx: Context, pod: _Pod | _Template, image: str) -> Resolved:
-    try:
-        ref = parse_reference(image)
-    except InvalidReference as e:
-        return ResolutionError(Reason.INVALID_REFERENCE, f"image {image!r}: {e}")
-    try:
-        async with asyncio.timeout(_RESOLVE_GUARD_SECONDS):
-            creds = await ctx.credentials.for_pod(pod.namespace, pod.spec, ref)
-            resolution = await ctx.resolver.resolve(ref, creds)
-    except ResolutionError as e:
-        return e
-    except TimeoutError:
-        return ResolutionError(
-            Reason.TIMEOUT, f"image {image}: no answer within {_RESOLVE_GUARD_SECONDS:.0f}s"
-        )
-    except Exception as e:  # a bug or an apiserver error reading pull secrets: say so, keep auditing
-        log.warning("resolving %s for %s/%s failed: %r", image, pod.namespace, pod.name, e)
-        return ResolutionError(Reason.REGISTRY_ERROR, f"image {image}: internal error ({type(e).__name__})")
-    result: ImagePlatforms = resolution.image
-    return result
+    found = await resolve_images(ctx, pod.namespace, pod.spec, [image], _RESOLVE_GUARD_SECONDS)
+    return found[image]
 
 
 async def _announce(store: AuditStore, workload: WorkloadRef, audit: reports.Audit) -> None:

@@ -13,11 +13,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from archaudit.adapters.kube import KubeApi
+from archaudit.adapters.metrics import MutableState
+from archaudit.adapters.resolver import Resolution
 from archaudit.core.config import Settings
 from archaudit.core.credentials import Credential
+from archaudit.core.reference import ImageReference
 from archaudit.core.scheduling import Node, node_from_object, virtual_nodes
 
-__all__ = ["Context", "CredentialSource", "NodeMap"]
+__all__ = ["Context", "CredentialSource", "ImageResolver", "NodeMap"]
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +30,22 @@ class CredentialSource(Protocol):
     """Pull credentials for a pod: its imagePullSecrets, then its service account's (kube.py)."""
 
     async def for_pod(
-        self, namespace: str, pod_spec: Mapping[str, Any], image: Any
+        self, namespace: str, pod_spec: Mapping[str, Any], image: ImageReference
     ) -> Sequence[Credential]: ...
 
     def peek_for_pod(
-        self, namespace: str, pod_spec: Mapping[str, Any], image: Any
+        self, namespace: str, pod_spec: Mapping[str, Any], image: ImageReference
     ) -> Sequence[Credential] | None:
         """`for_pod` if it is known without I/O, else None."""
+
+
+class ImageResolver(Protocol):
+    """Image -> platforms, with the caches (adapters.resolver.Resolver)."""
+
+    async def resolve(self, ref: ImageReference, credentials: Sequence[Credential] = ()) -> Resolution: ...
+
+    def peek(self, ref: ImageReference, credentials: Sequence[Credential] = ()) -> Resolution | None:
+        """The cached answer, without I/O, or None (raises the cached ResolutionError)."""
 
 
 class NodeMap:
@@ -92,14 +105,12 @@ class NodeMap:
 @dataclass
 class Context:
     settings: Settings
-    resolver: (
-        Any  # archaudit.adapters.resolver.Resolver (Any keeps this module free of the resolver's imports)
-    )
+    resolver: ImageResolver
     nodes: NodeMap
     credentials: CredentialSource
-    metrics: Any  # archaudit.adapters.metrics.MutableState
+    metrics: MutableState
     is_leader: Callable[[], bool] = lambda: True
-    api: Any = None  # archaudit.adapters.kube.KubeApi, shared so the auditor does not build a second client
+    api: KubeApi | None = None  # shared, so the auditor does not build a second client
     extra_nodes: list[Node] = field(default_factory=list)
     # namespace -> its labels (archaudit.io/mode, archaudit.io/ignore), kept by a namespace watch
     namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)

@@ -15,8 +15,6 @@ build that answer directly (`response`) and keep the hot path free of copies and
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,10 +23,8 @@ from typing import Any
 
 from archaudit.context import Context
 from archaudit.core import policy, scheduling, workloads
-from archaudit.core.errors import InvalidReference, Reason, ResolutionError
-from archaudit.core.manifests import ImagePlatforms
-from archaudit.core.reference import ImageReference
-from archaudit.core.reference import parse as parse_reference
+from archaudit.core.kubetypes import AdmissionResponse, AdmissionReview
+from archaudit.resolution import resolve_images
 
 __all__ = [
     "POD_WEBHOOK",
@@ -115,78 +111,6 @@ def images_to_check(
     if subresource == "ephemeralcontainers":
         changed = [c for c in changed if c[0] == "ephemeralContainers"]
     return changed
-
-
-async def _resolve_one(
-    ctx: Context, namespace: str, spec: Mapping[str, Any], ref: ImageReference
-) -> ImagePlatforms | ResolutionError:
-    try:
-        creds = await ctx.credentials.for_pod(namespace, spec, ref)
-        resolution = await ctx.resolver.resolve(ref, creds)
-    except ResolutionError as e:
-        return e
-    result: ImagePlatforms = resolution.image
-    return result
-
-
-def _cached(
-    ctx: Context, namespace: str, spec: Mapping[str, Any], ref: ImageReference
-) -> ImagePlatforms | ResolutionError | None:
-    """The answer if credentials and platforms are both cached: no task, no await."""
-    creds = ctx.credentials.peek_for_pod(namespace, spec, ref)
-    if creds is None:
-        return None
-    try:
-        hit = ctx.resolver.peek(ref, creds)
-    except ResolutionError as e:
-        return e
-    return None if hit is None else hit.image
-
-
-async def resolve_images(
-    ctx: Context, namespace: str, spec: Mapping[str, Any], images: Sequence[str], deadline: float
-) -> dict[str, ImagePlatforms | ResolutionError]:
-    """Every unique image at once (a 5-image pod costs one round trip, not five), within the deadline.
-
-    Cached answers are taken first without a task: a warm review never leaves this function's frame.
-    """
-    results: dict[str, ImagePlatforms | ResolutionError] = {}
-    misses: dict[str, ImageReference] = {}
-    for image in dict.fromkeys(images):
-        try:
-            ref = _parse(image)
-        except InvalidReference as e:
-            results[image] = ResolutionError(Reason.INVALID_REFERENCE, f"image {image!r}: {e}")
-            continue
-        hit = _cached(ctx, namespace, spec, ref)
-        if hit is None:
-            misses[image] = ref
-        else:
-            results[image] = hit
-    if not misses:
-        return results
-    tasks = {
-        img: asyncio.ensure_future(_resolve_one(ctx, namespace, spec, ref)) for img, ref in misses.items()
-    }
-    done, pending = await asyncio.wait(tasks.values(), timeout=max(deadline, 0.0))
-    for task in pending:
-        task.cancel()
-    for img, task in tasks.items():
-        if task in done and not task.cancelled() and task.exception() is None:
-            results[img] = task.result()
-        elif task in done and task.exception() is not None:
-            exc = task.exception()
-            log.error("resolving %s failed unexpectedly: %r", img, exc)
-            results[img] = ResolutionError(Reason.REGISTRY_ERROR, f"image {img}: internal error ({exc!r})")
-        else:
-            results[img] = ResolutionError(
-                Reason.TIMEOUT, f"image {img}: the registry did not answer within {deadline:.1f}s"
-            )
-    return {img: results[img] for img in dict.fromkeys(images)}
-
-
-# Pods name the same few images over and over: parse each text once (errors are not cached).
-_parse = functools.lru_cache(maxsize=4096)(parse_reference)
 
 
 async def review(
@@ -309,9 +233,9 @@ def malformed(data: Any) -> str | None:
 
 def response(
     review_: Mapping[str, Any], *, allowed: bool, message: str = "", warnings: Sequence[str] = ()
-) -> dict[str, Any]:
+) -> AdmissionReview:
     """The AdmissionReview answer; a denial carries HTTP 403 and the message the user sees."""
-    answer: dict[str, Any] = {"uid": review_["request"]["uid"], "allowed": allowed}
+    answer: AdmissionResponse = {"uid": review_["request"]["uid"], "allowed": allowed}
     if warnings:
         answer["warnings"] = list(warnings)
     if not allowed:
@@ -359,7 +283,7 @@ class Admission:
         self.on_warning_event = on_warning_event
         self.log_denials = log_denials
 
-    async def __call__(self, data: Mapping[str, Any], **_: Any) -> dict[str, Any]:
+    async def __call__(self, data: Mapping[str, Any], **_: Any) -> AdmissionReview:
         """Answer one well-formed AdmissionReview (see `malformed`)."""
         request = data["request"]
         if not _checked(request):

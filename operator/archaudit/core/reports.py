@@ -30,6 +30,7 @@ from typing import Any
 from archaudit.core.engine import SEVERITY, ImageCheck, Judgement, Verdict, fix, judge, plural, worst
 from archaudit.core.engine import Reason as EngineReason
 from archaudit.core.errors import ResolutionError
+from archaudit.core.kubetypes import Condition, ContainerReport, ImageAuditStatus, PlatformCheck
 from archaudit.core.manifests import ImagePlatforms
 from archaudit.core.platforms import Fit, Platform
 from archaudit.core.scheduling import Node
@@ -130,7 +131,7 @@ class Audit:
     workload: WorkloadRef
     verdict: Verdict
     message: str
-    status: dict[str, Any]
+    status: ImageAuditStatus
     fingerprint: str
     announce: bool  # an Event is due: a problem not announced before
     incompatible_pods: Mapping[str, int]  # node platform -> pods running where an image cannot run
@@ -467,7 +468,7 @@ def _status(
     judged: Sequence[_ContainerTally],
     pods: Sequence[PodFacts],
     incompatible_pods: Mapping[str, int],
-) -> dict[str, Any]:
+) -> ImageAuditStatus:
     running = sorted({str(p.node.platform) for p in pods if p.node is not None})
     listed = [_container_entry(t) for t in judged[:MAX_CONTAINERS]]
     return {
@@ -484,12 +485,12 @@ def _status(
     }
 
 
-def _container_entry(t: _ContainerTally) -> dict[str, Any]:
+def _container_entry(t: _ContainerTally) -> ContainerReport:
     result = t.result
     provides = [] if isinstance(result, ResolutionError) else _shown_platforms(result)
     # When capped, keep the platforms where it does not run: they are the news.
     worst_first = sorted(t.platforms.items(), key=lambda kp: (-_badness(kp[1].fit), kp[0]))[:MAX_PLATFORMS]
-    checks = [
+    checks: list[PlatformCheck] = [
         {"platform": _clip(key, _PLATFORM_BYTES), "fit": p.fit.value if p.fit else "unknown", "pods": p.pods}
         for key, p in sorted(worst_first, key=lambda kp: kp[0])
     ]
@@ -521,7 +522,7 @@ def _conditions(
     *,
     now: str,
     previous: Mapping[str, Any] | None,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     if evidence:
         pod, e = evidence[0]
         mismatch = ("True", _camel(e.kind.value), f"pod {pod} container {e.container}: {e.message}")
@@ -533,7 +534,7 @@ def _conditions(
     else:
         resolved = ("True", "Resolved", "every image was resolved to its platforms")
     before = {c.get("type"): c for c in (previous or {}).get("conditions") or ()}
-    out = []
+    out: list[Condition] = []
     for ctype, (status, reason, message) in (
         ("RuntimeMismatchObserved", mismatch),
         ("ImagesResolved", resolved),
