@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from archaudit import __version__
+from archaudit import __version__, checkfiles
 from archaudit.adapters.registry.files import registries_from_file
 from archaudit.adapters.resolver import Resolver
 from archaudit.core import config
@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         "a node of that platform can run it. Exit 0: all runnable, 1: some not, 2: error.",
     )
     check.add_argument(
-        "image", metavar="IMAGE", help="image reference, e.g. nginx:1.27 or ghcr.io/o/r@sha256:..."
+        "image",
+        metavar="IMAGE",
+        nargs="?",
+        help="image reference, e.g. nginx:1.27 or ghcr.io/o/r@sha256:... (or -f for manifests)",
     )
     check.add_argument(
         "--platform",
@@ -67,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--runtime",
         choices=RUNTIMES,
-        default="containerd",
-        help="container runtime profile that decides compatibility (default: containerd)",
+        help="container runtime profile that decides compatibility (default: containerd; with --nodes, "
+        "each node's containerRuntimeVersion)",
     )
     check.add_argument(
         "--insecure-registry",
@@ -84,13 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="docker config.json with registry credentials (default: $DOCKER_CONFIG/config.json or "
         "~/.docker/config.json when present)",
     )
-    check.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+    check.add_argument(
+        "-o", "--output", choices=checkfiles.FORMATS, default="text", help="output format (sarif, github: -f)"
+    )
     check.add_argument(
         "--timeout",
         type=float,
         metavar="SECONDS",
         help="total time for the image (default: ARCHAUDIT_REGISTRY_TIMEOUT_SECONDS or 8)",
     )
+    checkfiles.add_arguments(check)
 
     sub.add_parser(
         "run",
@@ -119,17 +125,20 @@ def _default_docker_config() -> Path | None:
     return path if path.is_file() else None
 
 
-def _credentials(ref: ImageReference, docker_config: str | None) -> list[Credential]:
+def _keyring(docker_config: str | None) -> Keyring:
     path = Path(docker_config) if docker_config else _default_docker_config()
     if path is None:
-        return []
+        return Keyring()
     try:
-        keyring: Keyring = keyring_from_docker_config(path.read_bytes())
+        return keyring_from_docker_config(path.read_bytes())
     except OSError as e:
         raise UsageError(f"--docker-config {path}: {e.strerror or e}") from None
     except ValueError as e:
         raise UsageError(f"--docker-config {path}: {e}") from None
-    return keyring.lookup(ref)
+
+
+def _credentials(ref: ImageReference, docker_config: str | None) -> list[Credential]:
+    return _keyring(docker_config).lookup(ref)
 
 
 def _registries(path: str | None, settings: config.RegistrySettings) -> RegistriesConfig:
@@ -192,18 +201,42 @@ def render_text(doc: dict[str, Any], kind: str) -> str:
     return "\n".join(lines)
 
 
+def _registry_settings(args: argparse.Namespace, settings: config.Settings) -> config.RegistrySettings:
+    if args.timeout is None:
+        return settings.registry
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    return _replace(settings.registry, timeout_seconds=args.timeout)
+
+
+async def _check_files(args: argparse.Namespace, settings: config.Settings) -> tuple[int, str]:
+    """`archaudit check -f`: the manifest form lives in checkfiles; this only hands it the options."""
+    if args.image is not None:
+        raise UsageError(f"give IMAGE or -f, not both (IMAGE {args.image!r})")
+    registry_settings = _registry_settings(args, settings)
+    return await checkfiles.check_files(
+        args,
+        settings,
+        registry_settings=registry_settings,
+        registries=_registries(args.registries, registry_settings),
+        keyring=_keyring(args.docker_config),
+    )
+
+
 async def check(args: argparse.Namespace, settings: config.Settings) -> tuple[int, str]:
     """Run `archaudit check`; returns (exit code, output)."""
+    if args.files:
+        return await _check_files(args, settings)
+    if args.image is None:
+        raise UsageError("check needs IMAGE, or -f PATH for manifests")
+    if args.output not in ("text", "json") or args.nodes or args.fail_on:
+        raise UsageError("-o sarif|github, --nodes and --fail-on need -f")
     nodes = _platforms(args.platform)
     try:
         ref = parse(args.image)
     except InvalidReference as e:
         raise UsageError(f"image {args.image!r}: {e}") from None
-    registry_settings = settings.registry
-    if args.timeout is not None:
-        if args.timeout <= 0:
-            raise UsageError("--timeout must be positive")
-        registry_settings = _replace(registry_settings, timeout_seconds=args.timeout)
+    registry_settings = _registry_settings(args, settings)
     credentials = _credentials(ref, args.docker_config)
     resolver = Resolver.from_settings(
         registry_settings,
@@ -214,7 +247,8 @@ async def check(args: argparse.Namespace, settings: config.Settings) -> tuple[in
         resolution = await resolver.resolve(ref, credentials)
     finally:
         await resolver.aclose()
-    doc = report(resolution.image, ref, list(zip(args.platform, nodes, strict=True)), args.runtime)
+    runtime = args.runtime or "containerd"
+    doc = report(resolution.image, ref, list(zip(args.platform, nodes, strict=True)), runtime)
     code = EXIT_OK if all(c["runnable"] for c in doc["checks"]) else EXIT_NOT_RUNNABLE
     out = json.dumps(doc, indent=2) if args.output == "json" else render_text(doc, resolution.image.kind)
     return code, out
