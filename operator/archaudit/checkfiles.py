@@ -210,6 +210,7 @@ class Result:
     message: str
     mode: str  # the namespace's mode; "" when the namespace is exempt
     decision: policy.Decision | None = None
+    nodes: tuple[str, ...] = ()  # the candidates: what CI needs to see why a taint or cordon mattered
 
 
 def _judge(
@@ -235,15 +236,19 @@ def _judge(
         assert mode is not None
         images = [(name, image, resolved[image]) for _section, name, image in entries]
         # Exactly the webhook's _decide: candidates from the scheduling view, then policy.decide.
+        candidates = scheduling.candidates(target.scheduling_spec, nodes)
         decision = policy.decide(
             images,
-            scheduling.candidates(target.scheduling_spec, nodes),
+            candidates,
             mode=mode,
             is_pod=target.is_pod,
             deny_unresolved=settings.deny_unresolved,
         )
         # audit mode keeps the message; off was skipped above, so there is always one to show.
-        out.append(Result(placed, target, decision.verdict.value, decision.message, mode.value, decision))
+        names = tuple(n.name for n in candidates)
+        out.append(
+            Result(placed, target, decision.verdict.value, decision.message, mode.value, decision, names)
+        )
     return out
 
 
@@ -407,6 +412,7 @@ def object_json(r: Result) -> dict[str, Any]:
         "mode": r.mode,
         "allowed": r.decision.allowed if r.decision else True,
         "fix": r.decision.fix if r.decision else None,
+        "nodes": list(r.nodes),
         "warnings": list(r.decision.warnings) if r.decision else [],
     }
 

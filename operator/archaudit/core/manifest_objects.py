@@ -88,7 +88,7 @@ def load_documents(text: str, *, as_json: bool = False) -> list[Document | Docum
         try:
             value = yaml.safe_load(chunk)
         except yaml.YAMLError as e:
-            out.append(_yaml_error(e, start))
+            out.append(_yaml_error(e, start, chunk.count("\n") or 1))
             continue
         if value is None:
             continue
@@ -130,9 +130,10 @@ def _first_content_line(chunk: str) -> int:
     return 1
 
 
-def _yaml_error(error: yaml.YAMLError, start: int) -> DocumentError:
+def _yaml_error(error: yaml.YAMLError, start: int, lines: int) -> DocumentError:
     mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-    line = start + (mark.line + 1 if mark is not None else 1)
+    # "got '<stream end>'" points past the chunk, at the next document's marker: name the last line.
+    line = start + min(mark.line + 1 if mark is not None else 1, lines)
     problem = getattr(error, "problem", None)
     context = getattr(error, "context", None)
     words = ", ".join(str(p) for p in (context, problem) if p) or str(error).splitlines()[0]
