@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from tests.unit.test_chart import helm_and_kube_version
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
+REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
 NODES_FILE = FIXTURES / "nodes-e2e.yaml"
 PAIR = ["--platform", "linux/amd64", "--platform", "linux/arm64"]
@@ -327,3 +329,72 @@ def test_github_annotations(manifests: Path, proxy: FaultProxy) -> None:
     assert lines[0].startswith(f"::warning file={manifests / 'apps' / 'daemonset.yml'},line=1,")
     assert lines[-1] == "archaudit: 3 objects (2 AtRisk, 1 Compatible), 3 images"
     assert len(lines) == 3  # nothing for the Compatible StatefulSet
+
+
+def run_action_step(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], str]:
+    """The action's `archaudit check` step, as the runner runs it: bash, inputs in the environment."""
+    steps = yaml.safe_load((REPO / "action.yml").read_text())["runs"]["steps"]
+    script = next(s for s in steps if s.get("id") == "check")["run"]
+    output = tmp_path / "github_output"
+    output.write_text("")
+    done = subprocess.run(
+        ["bash", "-e", "-c", script],
+        env={
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # the installed `archaudit`
+            "PYTHONPATH": str(REPO / "operator"),
+            "DOCKER_CONFIG": "/nonexistent",
+            "GITHUB_OUTPUT": str(output),
+            "MANIFESTS": "",
+            "IMAGES": "",
+            "PLATFORMS": "",
+            "NODES": "",
+            "FAIL_ON": "",
+            "FORMAT": "github",
+            "SARIF_FILE": str(tmp_path / "archaudit.sarif"),
+            "ARGS": "",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    return done, output.read_text()
+
+
+def test_action_step_annotates_and_reports_the_exit_code(
+    manifests: Path, proxy: FaultProxy, plain_registry: Seeded, tmp_path: Path
+) -> None:
+    image = proxy.ref(plain_registry.samples["arm64-oci"].reference)
+    done, output = run_action_step(
+        {
+            "MANIFESTS": f"{manifests / 'apps'}\n\n{manifests / 'list.yaml'}\n",
+            "IMAGES": image,
+            "PLATFORMS": "linux/amd64, linux/arm64",
+            "ARGS": f"--insecure-registry {proxy.host}",
+        },
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr  # the step passes; the action's last step fails the job
+    assert output == "exit-code=1\n"  # the image runs on arm64 only
+    assert sum(line.startswith("::warning file=") for line in done.stdout.splitlines()) == 3
+    assert f"::error title=archaudit: {image}::" in done.stdout
+
+
+def test_action_step_fail_on_and_sarif(manifests: Path, proxy: FaultProxy, tmp_path: Path) -> None:
+    done, output = run_action_step(
+        {
+            "MANIFESTS": str(manifests / "list.yaml"),
+            "PLATFORMS": "linux/amd64,linux/arm64",
+            "FAIL_ON": "at-risk,unknown",
+            "FORMAT": "sarif",
+            "ARGS": f"--insecure-registry {proxy.host}",
+        },
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert output == "exit-code=1\n"  # Unknown fails with fail-on unknown
+    log = json.loads((tmp_path / "archaudit.sarif").read_text())
+    jsonschema.Draft4Validator(sarif_schema()).validate(log)
+    assert [r["ruleId"] for r in log["runs"][0]["results"]] == ["archaudit/unknown"]
