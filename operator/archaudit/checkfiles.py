@@ -36,6 +36,7 @@ from archaudit.core.manifest_objects import (
     load_documents,
     namespace_labels,
     objects_of,
+    placed_objects,
     target_of,
 )
 from archaudit.core.mirrors import RegistriesConfig
@@ -86,6 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with -f: exit 1 for this verdict too (Incompatible always fails; repeatable)",
     )
     parser.add_argument(
+        "--helm-source-root",
+        default="",
+        metavar="DIR",
+        help="with -f: the directory holding the chart, so that annotations and SARIF point at "
+        "DIR/<chart>/templates/... (helm's `# Source:` paths start at the chart's name)",
+    )
+    parser.add_argument(
         "-n",
         "--namespace",
         default="default",
@@ -104,6 +112,12 @@ class Placed:
     file: str
     line: int
     source: str  # helm's `# Source:` path when present, else `file`
+    location: str  # what annotations and SARIF point at: `source`, under --helm-source-root for helm's
+
+    @property
+    def has_line(self) -> bool:
+        """Whether `line` is a line of `location` (helm's templates have other lines than its output)."""
+        return self.location == self.file != STDIN
 
 
 @dataclass
@@ -119,13 +133,13 @@ def _files(path: str) -> list[Path]:
     return [p]
 
 
-def read_inputs(paths: Sequence[str], stdin: Any = None) -> Inputs:
+def read_inputs(paths: Sequence[str], stdin: Any = None, *, helm_root: str = "") -> Inputs:
     """Every object of every path, in order; errors are collected so the rest is still judged."""
     inputs = Inputs()
     for path in paths:
         if path == STDIN:
             text = (stdin or sys.stdin).read()
-            _add(inputs, STDIN, text, as_json=False)
+            _add(inputs, STDIN, text, as_json=False, helm_root=helm_root)
             continue
         if not Path(path).exists():
             inputs.errors.append(f"{path}: no such file or directory")
@@ -136,11 +150,11 @@ def read_inputs(paths: Sequence[str], stdin: Any = None) -> Inputs:
             except (OSError, UnicodeDecodeError) as e:
                 inputs.errors.append(f"{file}: {getattr(e, 'strerror', None) or e}")
                 continue
-            _add(inputs, str(file), text, as_json=file.suffix.lower() == ".json")
+            _add(inputs, str(file), text, as_json=file.suffix.lower() == ".json", helm_root=helm_root)
     return inputs
 
 
-def _add(inputs: Inputs, name: str, text: str, *, as_json: bool) -> None:
+def _add(inputs: Inputs, name: str, text: str, *, as_json: bool, helm_root: str) -> None:
     for doc in load_documents(text, as_json=as_json):
         if isinstance(doc, DocumentError):
             inputs.errors.append(
@@ -148,8 +162,10 @@ def _add(inputs: Inputs, name: str, text: str, *, as_json: bool) -> None:
             )
             continue
         assert isinstance(doc, Document)
-        for obj in objects_of(doc.obj):
-            inputs.objects.append(Placed(obj, name, doc.line, doc.helm_source or name))
+        source = doc.helm_source or name
+        location = str(Path(helm_root) / source) if doc.helm_source and helm_root else source
+        for obj, line in placed_objects(doc):
+            inputs.objects.append(Placed(obj, name, line, source, location))
 
 
 def read_nodes(path: str, settings: config.ClusterSettings, runtime: str | None) -> list[Node]:
@@ -283,7 +299,7 @@ async def check_files(
 ) -> tuple[int, str]:
     """Run `archaudit check -f`; returns (exit code, output). Input errors go to stderr, exit 2."""
     nodes = _nodes(args, settings)
-    inputs = read_inputs(args.files, stdin)
+    inputs = read_inputs(args.files, stdin, helm_root=args.helm_source_root)
     placed_targets: list[tuple[Placed, Target]] = []
     ignored: Counter[str] = Counter()
     for placed in inputs.objects:
@@ -423,7 +439,7 @@ def _object_name(t: Target) -> str:
 
 def _where(p: Placed) -> str:
     # A helm template path has no line of ours; a file does.
-    return p.source if p.source != p.file else f"{p.file}:{p.line}"
+    return f"{p.file}:{p.line}" if p.has_line else p.location
 
 
 def text(results: Sequence[Result], summary: Mapping[str, Any]) -> str:
@@ -457,8 +473,8 @@ def github(results: Sequence[Result], summary: Mapping[str, Any]) -> str:
         if r.verdict in (Verdict.COMPATIBLE.value, SKIPPED):
             continue
         level = "error" if r.verdict == Verdict.INCOMPATIBLE.value else "warning"
-        props = [f"file={_escape_property(r.placed.source)}"] if r.placed.source != STDIN else []
-        if r.placed.source == r.placed.file != STDIN:
+        props = [f"file={_escape_property(r.placed.location)}"] if r.placed.location != STDIN else []
+        if r.placed.has_line:
             props.append(f"line={r.placed.line}")
         props.append(f"title={_escape_property(f'archaudit {r.verdict}: {_object_name(r.target)}')}")
         lines.append(f"::{level} {','.join(props)}::{_escape_data(r.message)}")
@@ -484,23 +500,21 @@ def sarif(results: Sequence[Result]) -> dict[str, Any]:
         if r.verdict not in index:
             continue
         rule_id, level, _words = _RULES[Verdict(r.verdict)]
-        location: dict[str, Any] = {"artifactLocation": {"uri": r.placed.source}}
-        if r.placed.source == r.placed.file:
-            location["region"] = {"startLine": r.placed.line}
+        physical: dict[str, Any] = {"artifactLocation": {"uri": r.placed.location}}
+        if r.placed.has_line:
+            physical["region"] = {"startLine": r.placed.line}
+        logical = [{"fullyQualifiedName": _object_name(r.target), "kind": "object"}]
+        # stdin without helm's `# Source:` has no file to point at; the object's name still says which
+        location: dict[str, Any] = {"logicalLocations": logical}
+        if r.placed.location != STDIN:
+            location = {"physicalLocation": physical, **location}
         out.append(
             {
                 "ruleId": rule_id,
                 "ruleIndex": index[r.verdict],
                 "level": level,
                 "message": {"text": f"{_object_name(r.target)}: {r.message}"},
-                "locations": [
-                    {
-                        "physicalLocation": location,
-                        "logicalLocations": [
-                            {"fullyQualifiedName": _object_name(r.target), "kind": "object"}
-                        ],
-                    }
-                ],
+                "locations": [location],
                 "partialFingerprints": {"archaudit/object": _object_name(r.target)},
             }
         )

@@ -137,11 +137,13 @@ def test_platforms_verdicts_messages_sources_and_one_request_per_image(
     assert any("its pods will be denied" in w for w in job["warnings"])
     assert objects["Pod", "bound"]["message"] == "no node matches this pod's scheduling constraints"
     assert "(not-found)" in objects["ReplicationController", "missing"]["message"]
-    # helm's `# Source:` names the template; items of a List share the List's place
+    # helm's `# Source:` names the template; each item of a List has its own line
     assert objects["Deployment", "demo-web"]["source"] == "tiny/templates/deployment.yaml"
     assert objects["Pod", "demo-probe"]["source"] == "tiny/templates/pod.yaml"
     assert objects["Pod", "demo-probe"]["namespace"] == "default"
     assert objects["ReplicaSet", "nested"]["source"] == str(manifests / "list.yaml")
+    assert objects["ReplicaSet", "nested"]["line"] == 5
+    assert objects["ReplicationController", "missing"]["line"] == 20
     assert doc["summary"] == {
         "objects": 13,
         "verdicts": {"Incompatible": 3, "Unknown": 2, "AtRisk": 3, "Compatible": 4, "Skipped": 1},
@@ -307,6 +309,26 @@ def test_sarif_validates_against_the_2_1_0_schema(manifests: Path, proxy: FaultP
     probe = next(r for r in results if "Pod/default/demo-probe" in r["message"]["text"])
     assert probe["locations"][0]["physicalLocation"] == {
         "artifactLocation": {"uri": "tiny/templates/pod.yaml"}
+    }
+
+
+def test_helm_on_stdin_points_sarif_at_the_chart_in_the_repository(proxy: FaultProxy) -> None:
+    chart = render_chart(proxy.host)
+    plain = "apiVersion: v1\nkind: Pod\nmetadata: {name: bare}\nspec: {containers: [{name: c, image: x}]}\n"
+    run = run_check(
+        *("-f", "-", *PAIR, "--helm-source-root", "tests/integration/fixtures", "-o", "sarif"),
+        host=proxy.host,
+        stdin=chart + "---\n" + plain,
+    )
+    log = json.loads(run.stdout)
+    jsonschema.Draft4Validator(sarif_schema()).validate(log)
+    locations = {r["message"]["text"].split(":")[0]: r["locations"][0] for r in log["runs"][0]["results"]}
+    assert locations["Pod/default/demo-probe"]["physicalLocation"] == {
+        "artifactLocation": {"uri": "tests/integration/fixtures/tiny/templates/pod.yaml"}
+    }
+    # stdin without a `# Source:`: no file to name, the object's name only
+    assert locations["Pod/default/bare"] == {
+        "logicalLocations": [{"fullyQualifiedName": "Pod/default/bare", "kind": "object"}]
     }
 
 

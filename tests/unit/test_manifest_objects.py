@@ -76,6 +76,17 @@ def test_lists_are_flattened_nested_and_typed() -> None:
     assert list(mo.objects_of(pod)) == [pod]
 
 
+def test_list_items_have_their_own_lines() -> None:
+    text = "# a list\nkind: List\nitems:\n  - kind: Pod\n    metadata: {name: a}\n  - 7\n  - kind: Job\n"
+    (doc,) = mo.load_documents(text)
+    assert isinstance(doc, mo.Document)
+    assert doc.item_lines == (4, 6, 7)
+    assert [(o["kind"], line) for o, line in mo.placed_objects(doc)] == [("Pod", 4), ("Job", 7)]
+    (single,) = mo.load_documents("kind: Pod\n")
+    assert isinstance(single, mo.Document)
+    assert list(mo.placed_objects(single)) == [({"kind": "Pod"}, 1)]
+
+
 def test_namespace_labels_come_from_namespace_objects_only() -> None:
     objs = [
         {"kind": "Namespace", "metadata": {"name": "a", "labels": {"archaudit.io/mode": "warn"}}},

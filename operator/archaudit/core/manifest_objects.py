@@ -30,6 +30,7 @@ __all__ = [
     "load_documents",
     "namespace_labels",
     "objects_of",
+    "placed_objects",
     "target_of",
 ]
 
@@ -60,6 +61,7 @@ class Document:
     obj: Mapping[str, Any]
     line: int
     helm_source: str | None  # the `# Source:` path when helm rendered it
+    item_lines: tuple[int, ...] = ()  # of each entry of `items` in a List, so each object has its line
 
 
 @dataclass(frozen=True)
@@ -85,21 +87,38 @@ def load_documents(text: str, *, as_json: bool = False) -> list[Document | Docum
     out: list[Document | DocumentError] = []
     for start, chunk in _chunks(text):
         source = next((m.group("path") for m in map(_SOURCE.match, chunk.splitlines()) if m), None)
+        loader = yaml.SafeLoader(chunk)
         try:
-            value = yaml.safe_load(chunk)
+            # The node first, then the value from it: one parse gives both the object and its lines.
+            node = loader.get_single_node()
+            value = None if node is None else loader.construct_document(node)
         except yaml.YAMLError as e:
             out.append(_yaml_error(e, start, chunk.count("\n") or 1))
             continue
+        finally:
+            loader.dispose()
         if value is None:
             continue
-        out.append(_document(value, start + _first_content_line(chunk), source))
+        lines = tuple(start + item.start_mark.line + 1 for item in _items_node(node))
+        out.append(_document(value, start + _first_content_line(chunk), source, lines))
     return out
 
 
-def _document(value: object, line: int, source: str | None) -> Document | DocumentError:
+def _items_node(node: yaml.Node | None) -> list[yaml.Node]:
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    for key, value in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.value == "items" and isinstance(value, yaml.SequenceNode):
+            return list(value.value)
+    return []
+
+
+def _document(
+    value: object, line: int, source: str | None, item_lines: tuple[int, ...] = ()
+) -> Document | DocumentError:
     if not isinstance(value, Mapping):
         return DocumentError(line, f"a document must be an object (a mapping), not {type(value).__name__}")
-    return Document(value, line, source)
+    return Document(value, line, source, item_lines)
 
 
 def _chunks(text: str) -> Iterator[tuple[int, str]]:
@@ -150,6 +169,19 @@ def objects_of(obj: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
                 yield from objects_of(item)
         return
     yield obj
+
+
+def placed_objects(doc: Document) -> Iterator[tuple[Mapping[str, Any], int]]:
+    """`objects_of(doc.obj)` with the line of each: a List's entries have their own lines."""
+    items = doc.obj.get("items")
+    if not (str(doc.obj.get("kind", "")).endswith("List") and isinstance(items, list)):
+        yield doc.obj, doc.line
+        return
+    for i, item in enumerate(items):
+        line = doc.item_lines[i] if i < len(doc.item_lines) else doc.line
+        if isinstance(item, Mapping):
+            for obj in objects_of(item):
+                yield obj, line
 
 
 def namespace_labels(objs: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, str]]:
