@@ -73,3 +73,24 @@ def test_release_checks_its_own_chart_with_the_action() -> None:
     assert release["env"]["PLATFORMS"] == "linux/amd64,linux/arm64,linux/arm/v7"
     assert used["with"]["manifests"] in render["run"]
     assert "chart-check" in release["jobs"]["chart"]["needs"]  # no chart is published that failed it
+
+
+def test_readme_workflow_snippet_passes_actionlint(tmp_path: Path) -> None:
+    """The "Check in CI" snippet is a workflow people copy: it must lint as one."""
+    from tests.unit.test_chart import actionlint
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Check in CI", 1)[1].split("\n## ", 1)[0]
+    (snippet,) = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    assert "uses: archaudit/archaudit@" in snippet
+    workflows = tmp_path / ".github" / "workflows"
+    workflows.mkdir(parents=True)
+    (workflows / "snippet.yml").write_text("name: snippet\non: push\n" + snippet)
+    done = subprocess.run(
+        [str(actionlint()), "-no-color", "-oneline", str(workflows / "snippet.yml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
