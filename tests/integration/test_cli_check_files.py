@@ -26,6 +26,7 @@ import yaml
 from tests.conftest import Seeded
 from tests.harness.cluster import FAKE_NODES
 from tests.harness.faultproxy import FaultProxy
+from tests.harness.registry import USERNAME
 from tests.integration.test_cli_check import archaudit
 from tests.unit.test_chart import helm_and_kube_version
 
@@ -159,6 +160,21 @@ def test_platforms_verdicts_messages_sources_and_one_request_per_image(
     expected = {"multiarch:1.0", "amd64-docker:1.0", "arm64-oci:1.0", "artifact:1.0", "schema2-only:1.0"}
     expected |= {"nested:1.0", "multiarch:missing", "attested:1.0"}
     assert tags == {f"/v2/samples/{t.replace(':', '/manifests/')}": 1 for t in expected}
+
+
+def test_images_are_resolved_concurrently(manifests: Path, proxy: FaultProxy) -> None:
+    """Every request answered 1 s late: requests overlap only if images are resolved at once."""
+    proxy.set("latency")
+    proxy.latency = 1.0  # wide enough for a loaded machine to send all three first requests
+    try:
+        run = run_check("-f", str(manifests / "apps"), *PAIR, "-o", "json", host=proxy.host)
+        peak = proxy.max_in_flight
+    finally:
+        proxy.set("pass")
+        proxy.latency = 0.2
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["summary"]["images"] == 3
+    assert peak == 3  # three images, their three HEADs in flight together
 
 
 def test_nodes_file_counts_taints_cordon_and_runtimes(manifests: Path, proxy: FaultProxy) -> None:
@@ -420,3 +436,27 @@ def test_action_step_fail_on_and_sarif(manifests: Path, proxy: FaultProxy, tmp_p
     log = json.loads((tmp_path / "archaudit.sarif").read_text())
     jsonschema.Draft4Validator(sarif_schema()).validate(log)
     assert [r["ruleId"] for r in log["runs"][0]["results"]] == ["archaudit/unknown"]
+
+
+def test_docker_config_credentials_reach_every_image(basic_registry: Seeded, tmp_path: Path) -> None:
+    """Private images: anonymous they are Unknown (auth), with `--docker-config` they are judged."""
+    registry = basic_registry.registry
+    ca_only = tmp_path / "ca.yaml"  # trusts the TLS certificate, carries no credentials
+    ca_only.write_text(f"configs:\n  '{registry.host}':\n    tls:\n      ca_file: '{registry.ca_file}'\n")
+    pod = tmp_path / "pod.yaml"
+    pod.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: private}\nspec:\n  containers:\n"
+        f"    - {{name: a, image: '{basic_registry.samples['arm64-oci'].reference}'}}\n"
+        f"    - {{name: b, image: '{basic_registry.samples['multiarch'].reference}'}}\n"
+    )
+    base = ["check", "-f", str(pod), "--platform", "linux/arm64", "--registries", str(ca_only), "-o", "json"]
+    anonymous = archaudit(*base)
+    assert anonymous.returncode == 0, anonymous.stderr  # Unknown fails only with --fail-on unknown
+    (obj,) = json.loads(anonymous.stdout)["objects"]
+    assert obj["verdict"] == "Unknown"
+    assert [i["reason"] for i in obj["images"]] == ["auth", "auth"]
+    logged_in = archaudit(*base, "--docker-config", str(registry.docker_config(tmp_path / "config.json")))
+    assert logged_in.returncode == 0, logged_in.stderr
+    (obj,) = json.loads(logged_in.stdout)["objects"]
+    assert obj["verdict"] == "Compatible", obj["message"]
+    assert USERNAME not in logged_in.stdout + logged_in.stderr
