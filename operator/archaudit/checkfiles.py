@@ -229,13 +229,22 @@ class Result:
     nodes: tuple[str, ...] = ()  # the candidates: what CI needs to see why a taint or cordon mattered
 
 
-def _judge(
+@dataclass(frozen=True)
+class _Planned:
+    """An object before its images are resolved: what the webhook would look at, or why not."""
+
+    placed: Placed
+    target: Target
+    mode: policy.Mode | None
+    entries: tuple[tuple[str, str, str], ...]  # the images to judge: not exempt
+    skip: str | None  # why it is not judged at all
+
+
+def _plan(
     targets: Sequence[tuple[Placed, Target]],
-    resolved: Mapping[str, Any],
-    nodes: Sequence[Node],
     namespaces: Mapping[str, Mapping[str, str]],
     settings: config.WebhookSettings,
-) -> list[Result]:
+) -> list[_Planned]:
     out = []
     for placed, target in targets:
         mode = policy.namespace_mode(
@@ -244,13 +253,25 @@ def _judge(
             default=settings.default_mode,
             exempt=settings.exempt_namespaces,
         )
-        entries = [e for e in target.images if not policy.image_exempt(e[2], settings.exempt_images)]
-        skip = _skip_reason(target, mode, entries)
-        if skip is not None:
-            out.append(Result(placed, target, SKIPPED, skip, mode.value if mode else ""))
+        entries = tuple(e for e in target.images if not policy.image_exempt(e[2], settings.exempt_images))
+        out.append(_Planned(placed, target, mode, entries, _skip_reason(target, mode, entries)))
+    return out
+
+
+def _judge(
+    planned: Sequence[_Planned],
+    resolved: Mapping[str, Any],
+    nodes: Sequence[Node],
+    settings: config.WebhookSettings,
+) -> list[Result]:
+    out = []
+    for plan in planned:
+        placed, target, mode = plan.placed, plan.target, plan.mode
+        if plan.skip is not None:
+            out.append(Result(placed, target, SKIPPED, plan.skip, mode.value if mode else ""))
             continue
         assert mode is not None
-        images = [(name, image, resolved[image]) for _section, name, image in entries]
+        images = [(name, image, resolved[image]) for _section, name, image in plan.entries]
         # Exactly the webhook's _decide: candidates from the scheduling view, then policy.decide.
         candidates = scheduling.candidates(target.scheduling_spec, nodes)
         decision = policy.decide(
@@ -308,14 +329,11 @@ async def check_files(
             ignored[str(placed.obj.get("kind") or "(no kind)")] += 1
         else:
             placed_targets.append((placed, target))
-    exempt = settings.webhook.exempt_images
+    namespaces = namespace_labels(p.obj for p in inputs.objects)
+    planned = _plan(placed_targets, namespaces, settings.webhook)
+    # Only what will be judged goes to a registry: not a namespace that is off, not an exempt image.
     images = list(
-        dict.fromkeys(
-            image
-            for _placed, target in placed_targets
-            for _section, _name, image in target.images
-            if not policy.image_exempt(image, exempt)
-        )
+        dict.fromkeys(image for p in planned if p.skip is None for _section, _name, image in p.entries)
     )
     # Imported here: the context and metrics pull in the kubernetes client and aiohttp's server
     # (~0.7 s), which only -f needs; `archaudit check IMAGE` stays as quick to start as before.
@@ -337,8 +355,7 @@ async def check_files(
         resolved = await resolve_images(ctx, "", {}, images, _deadline(registry_settings))
     finally:
         await resolver.aclose()
-    namespaces = namespace_labels(p.obj for p in inputs.objects)
-    results = _judge(placed_targets, resolved, nodes, namespaces, settings.webhook)
+    results = _judge(planned, resolved, nodes, settings.webhook)
     for error in inputs.errors:
         print(f"archaudit: error: {error}", file=sys.stderr)
     code = _exit_code(results, set(args.fail_on), errors=bool(inputs.errors))
