@@ -460,3 +460,56 @@ def test_docker_config_credentials_reach_every_image(basic_registry: Seeded, tmp
     (obj,) = json.loads(logged_in.stdout)["objects"]
     assert obj["verdict"] == "Compatible", obj["message"]
     assert USERNAME not in logged_in.stdout + logged_in.stderr
+
+
+async def test_the_webhook_gives_the_same_answers(manifests: Path, proxy: FaultProxy) -> None:
+    """One engine: the real webhook's review() of each object (same nodes, same registry) agrees with
+    `check -f` on verdict, message and warnings, and skips what it skips."""
+    from archaudit.adapters.metrics import MutableState
+    from archaudit.adapters.resolver import Resolver
+    from archaudit.checkfiles import _Keyring, read_inputs
+    from archaudit.context import Context, NodeMap
+    from archaudit.core.config import RegistrySettings, Settings
+    from archaudit.core.credentials import Keyring
+    from archaudit.core.manifest_objects import namespace_labels
+
+    run = run_check("-f", str(manifests), "--nodes", str(NODES_FILE), "-o", "json", host=proxy.host)
+    cli = by_object(json.loads(run.stdout))
+    objects = [p.obj for p in read_inputs([str(manifests)]).objects]
+    nodes = NodeMap()
+    nodes.replace_all(yaml.safe_load(NODES_FILE.read_text())["items"])
+    resolver = Resolver.from_settings(RegistrySettings(), insecure=[proxy.host])
+    ctx = Context(
+        settings=Settings(),
+        resolver=resolver,
+        nodes=nodes,
+        credentials=_Keyring(Keyring()),
+        metrics=MutableState(),
+        namespaces=namespace_labels(objects),
+    )
+    try:
+        compared = await _review_all(ctx, objects, cli)
+    finally:
+        await resolver.aclose()
+    assert compared == len(VERDICTS) - 1  # every object but the skipped one
+
+
+async def _review_all(ctx: Any, objects: list[Any], cli: dict[tuple[str, str], dict[str, Any]]) -> int:
+    from archaudit import webhook
+
+    compared = 0
+    for obj in objects:
+        key = (obj["kind"], obj["metadata"]["name"])
+        if key not in cli:
+            continue
+        namespace = obj["metadata"].get("namespace") or "default"
+        outcome = await webhook.review(ctx, obj=obj, old=None, namespace=namespace, subresource=None)
+        if cli[key]["verdict"] == "Skipped":
+            assert outcome.decision is None, key
+            continue
+        assert outcome.decision is not None, key
+        assert (outcome.decision.verdict.value, outcome.message) == (cli[key]["verdict"], cli[key]["message"])
+        assert list(outcome.warnings) == cli[key]["warnings"], key
+        assert outcome.allowed is cli[key]["allowed"], key
+        compared += 1
+    return compared
