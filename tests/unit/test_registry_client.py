@@ -203,7 +203,7 @@ class Storage:
         return Response(200, (), self.registry.blobs[digest], request.url)
 
 
-Scripted = Response | TransportError | BodyTooLargeError
+Scripted = Response | TransportError | BodyTooLargeError | ResolutionError  # the last: a guard refusal
 
 
 @dataclass
