@@ -12,6 +12,7 @@ docker-registry in tests/integration; these tests need no service.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import email.utils
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from archaudit.adapters import registry as registry_package
 from archaudit.adapters.registry.client import ClientOptions, RegistryClient
 from archaudit.adapters.registry.transport import (
     BodyTooLargeError,
@@ -687,3 +689,16 @@ async def test_closing_the_client_closes_its_transport(world: World) -> None:
     async with world.client():
         pass
     assert world.network.closed
+
+
+@pytest.mark.parametrize("module", ["client", "transport"])
+def test_the_protocol_side_of_the_seam_does_not_import_aiohttp(module: str) -> None:
+    # what makes the in-memory transport a real seam: only aiohttp_transport.py talks HTTP
+    source = (Path(registry_package.__file__).parent / f"{module}.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported.isdisjoint({"aiohttp", "multidict", "ssl", "socket"}), imported

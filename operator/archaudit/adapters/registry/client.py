@@ -251,9 +251,11 @@ class RegistryClient:
         timer: Callable[[], float] | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        """`clock` times token lifetimes; `timer` is the clock deadlines are on (the event loop's by
-        default) and `sleep` waits on it between retries; `wall_clock` reads Retry-After dates.
-        Tests inject all four so that nothing really waits."""
+        """`transport` defaults to an `AiohttpTransport` with this client's host guard (an injected
+        one brings its own). `clock` times token lifetimes; `timer` is the clock deadlines are on (the
+        event loop's by default; an injected one must not run behind it, since the deadline is also
+        enforced with `asyncio.timeout_at`) and `sleep` waits on it between retries; `wall_clock`
+        reads Retry-After dates. Tests inject them so that nothing really waits."""
         settings = settings or RegistrySettings()
         self.options = options or ClientOptions.from_settings(settings)
         if registries is None:
