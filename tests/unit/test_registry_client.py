@@ -401,6 +401,24 @@ async def test_head_without_a_digest_means_get_by_tag_and_hash(world: World) -> 
     assert world.network.requests[1].url.endswith("/manifests/latest")
 
 
+@pytest.mark.parametrize("status", [405, 400])  # proxies that refuse HEAD
+async def test_a_refused_head_falls_back_to_get_by_tag(world: World, status: int) -> None:
+    world.network.inject("HEAD", "/manifests/latest", _status(status))
+    image = await resolve(world.client(), "library/busybox:latest")
+    assert image.digest == world.list_digest
+    assert world.network.seen() == [
+        ("HEAD", f"{HOST}/v2/library/busybox/manifests/latest"),
+        ("GET", f"{HOST}/v2/library/busybox/manifests/latest"),
+    ]
+
+
+async def test_a_forbidden_answer_is_an_auth_failure(world: World) -> None:
+    world.network.inject("HEAD", "/manifests/latest", _error(403, "DENIED"))
+    error = await fails(world.client(), "library/busybox:latest")
+    assert error.reason is Reason.AUTH
+    assert "HTTP 403" in error.message
+
+
 async def test_a_body_that_does_not_match_its_digest_is_refused(world: World) -> None:
     media_type, body = world.registry.manifests[("library/busybox", world.list_digest)]
     tampered = body.replace(b'"amd64"', b'"arm64"')
@@ -635,6 +653,17 @@ async def test_a_redirect_on_the_same_host_keeps_the_credentials() -> None:
     assert image.digest == world.list_digest
     assert world.network.requests[-1].url.endswith("?moved=1")
     assert world.network.requests[-1].header("Authorization") == _basic(GOOD)
+
+
+async def test_a_303_is_followed_with_a_get_and_no_body() -> None:
+    world = _world("bearer", GOOD)
+    # "see other": the POST's answer is fetched with a GET that carries no form (RFC 9110 15.4.4)
+    world.tokens.anonymous = True
+    elsewhere = f"{REALM}?service={HOST}&scope=repository:library/busybox:pull"
+    world.network.inject("POST", REALM, _status(303, ("Location", elsewhere)))
+    await resolve(world.client(), "library/busybox:latest", (GOOD,))
+    token_requests = [r for r in world.network.requests if r.url.startswith(REALM)]
+    assert [(r.method, r.body is None) for r in token_requests] == [("POST", False), ("GET", True)]
 
 
 async def test_a_redirect_loop_is_refused_after_the_cap(world: World) -> None:
