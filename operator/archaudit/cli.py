@@ -25,7 +25,7 @@ from archaudit.adapters.registry.files import registries_from_file
 from archaudit.adapters.resolver import Resolver
 from archaudit.core import config
 from archaudit.core.credentials import Credential, Keyring, keyring_from_docker_config
-from archaudit.core.errors import ArchauditError, InvalidReference, ResolutionError
+from archaudit.core.errors import ArchauditError, InvalidReference, UsageError
 from archaudit.core.manifests import ImagePlatforms
 from archaudit.core.mirrors import EMPTY, RegistriesConfig
 from archaudit.core.platforms import RUNTIMES, Fit, Platform
@@ -34,10 +34,6 @@ from archaudit.core.reference import ImageReference, parse
 __all__ = ["build_parser", "check", "main"]
 
 EXIT_OK, EXIT_NOT_RUNNABLE, EXIT_ERROR = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad input on the command line or in a file it names: exit 2 with this message."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = config.from_env()
         code, out = asyncio.run(check(args, settings))
-    except (UsageError, ResolutionError, ArchauditError, ValueError) as e:
+    except (ArchauditError, ValueError) as e:  # UsageError, ResolutionError, ... (errors.py's tree)
         print(f"archaudit: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
