@@ -29,6 +29,7 @@ from archaudit.adapters.resolver import Resolver
 from archaudit.core import config, policy, scheduling
 from archaudit.core.credentials import Credential, Keyring
 from archaudit.core.engine import SEVERITY, Verdict
+from archaudit.core.errors import UsageError
 from archaudit.core.manifest_objects import (
     Document,
     DocumentError,
@@ -43,7 +44,7 @@ from archaudit.core.mirrors import RegistriesConfig
 from archaudit.core.reference import ImageReference
 from archaudit.core.scheduling import Node
 
-__all__ = ["FORMATS", "CheckInputError", "add_arguments", "check_files"]
+__all__ = ["FORMATS", "add_arguments", "check_files"]
 
 FORMATS = ("text", "json", "sarif", "github")
 FAIL_ON = ("incompatible", "at-risk", "unknown")
@@ -56,10 +57,6 @@ _RULES = {  # verdict -> (SARIF rule id, level, short description)
     Verdict.AT_RISK: ("archaudit/at-risk", "warning", "Some nodes the pods can use cannot run an image"),
     Verdict.UNKNOWN: ("archaudit/unknown", "warning", "An image could not be checked, or no node matches"),
 }
-
-
-class CheckInputError(ValueError):
-    """An option or a file that stops the check before anything is judged (exit 2)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -173,11 +170,11 @@ def read_nodes(path: str, settings: config.ClusterSettings, runtime: str | None)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise CheckInputError(f"--nodes {path}: {getattr(e, 'strerror', None) or e}") from None
+        raise UsageError(f"--nodes {path}: {getattr(e, 'strerror', None) or e}") from None
     nodes: list[Node] = []
     for doc in load_documents(text, as_json=path.endswith(".json")):
         if isinstance(doc, DocumentError):
-            raise CheckInputError(f"--nodes {path}:{doc.line}: {doc.message}")
+            raise UsageError(f"--nodes {path}:{doc.line}: {doc.message}")
         for obj in objects_of(doc.obj):
             if obj.get("kind") != "Node":
                 continue
@@ -194,7 +191,7 @@ def read_nodes(path: str, settings: config.ClusterSettings, runtime: str | None)
                 name = obj.get("metadata", {}).get("name")
                 print(f"archaudit: warning: --nodes {path}: node {name} ignored: {e}", file=sys.stderr)
     if not nodes:
-        raise CheckInputError(f"--nodes {path}: no Node objects")
+        raise UsageError(f"--nodes {path}: no Node objects")
     return nodes
 
 
@@ -365,15 +362,13 @@ async def check_files(
 
 def _nodes(args: argparse.Namespace, settings: config.Settings) -> list[Node]:
     if not args.platform and not args.nodes:
-        raise CheckInputError(
-            "-f needs the cluster to judge against: --platform P (repeatable) or --nodes FILE"
-        )
+        raise UsageError("-f needs the cluster to judge against: --platform P (repeatable) or --nodes FILE")
     nodes = read_nodes(args.nodes, settings.cluster, args.runtime) if args.nodes else []
     try:
         # As the chart's cluster.platforms: nodes of these platforms, beside the real ones if any.
         nodes += scheduling.virtual_nodes(args.platform, profiles=(args.runtime or "containerd",))
     except ValueError as e:
-        raise CheckInputError(f"--platform: {e}") from None
+        raise UsageError(f"--platform: {e}") from None
     return nodes
 
 
