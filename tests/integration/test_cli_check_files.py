@@ -207,10 +207,22 @@ def test_nodes_fixture_is_the_e2e_cluster() -> None:
         n["metadata"]["name"]: (
             n["metadata"]["labels"]["kubernetes.io/arch"],
             n["status"]["nodeInfo"]["containerRuntimeVersion"],
+            bool(n["spec"].get("unschedulable")),
+            [{k: t[k] for k in ("key", "value", "effect") if k in t} for t in n["spec"].get("taints", [])],
         )
         for n in items
     }
-    assert exported == {n.name: (n.arch, n.runtime) for n in FAKE_NODES}
+    # The apiserver's controllers add the cordon's taint: an export has it, a hand-written file would not.
+    cordon = [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]
+    assert exported == {
+        n.name: (
+            n.arch,
+            n.runtime,
+            n.unschedulable,
+            [dict(t) for t in n.taints] or (cordon if n.unschedulable else []),
+        )
+        for n in FAKE_NODES
+    }
 
 
 def test_helm_template_on_stdin_text_table(proxy: FaultProxy) -> None:
