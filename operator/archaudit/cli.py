@@ -6,6 +6,7 @@ same resolver, the same runtime profiles and the same registry configuration as 
 
 Exit codes (a contract, scripts rely on them): 0 every requested platform runs the image (or none was
 requested), 1 at least one does not, 2 the question could not be answered (one line on stderr).
+`check -f` (manifests, in checkfiles.py) has its own, in DESIGN.md: 0 / 1 Incompatible / 2 input error.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="resolve an image and check it against node platforms",
         description="Resolve IMAGE in its registry and list its platforms; with --platform, say whether "
-        "a node of that platform can run it. Exit 0: all runnable, 1: some not, 2: error.",
+        "a node of that platform can run it. Exit 0: all runnable, 1: some not, 2: error. "
+        "With -f instead of IMAGE: judge manifests as the webhook would (--platform or --nodes); "
+        "exit 0: nothing Incompatible, 1: something is (or what --fail-on names), 2: an input error.",
     )
     check.add_argument(
         "image",

@@ -525,3 +525,32 @@ async def _review_all(ctx: Any, objects: list[Any], cli: dict[tuple[str, str], d
         assert outcome.allowed is cli[key]["allowed"], key
         compared += 1
     return compared
+
+
+def test_nodes_as_json_and_a_forced_runtime(manifests: Path, proxy: FaultProxy, tmp_path: Path) -> None:
+    """`kubectl get nodes -o json` reads the same; --runtime overrides every node's runtime version."""
+    as_json = tmp_path / "nodes.json"
+    as_json.write_text(json.dumps(yaml.safe_load(NODES_FILE.read_text())))
+    files = ["-f", str(manifests / "bound.json"), "-f", str(manifests / "list.yaml")]
+    run = run_check(*files, "--nodes", str(as_json), "-o", "json", host=proxy.host)
+    objects = by_object(json.loads(run.stdout))
+    assert {k: o["verdict"] for k, o in objects.items()} == {
+        ("Pod", "bound"): "Incompatible",
+        ("ReplicaSet", "nested"): "Compatible",
+        ("ReplicationController", "missing"): "Unknown",
+    }
+    # the sample schema2-only (linux/arm/v6) runs on arm-1 (arm/v7, containerd 1.7) only leniently
+    pod = tmp_path / "v6.yaml"
+    image = f"{proxy.host}/samples/schema2-only:1.0"
+    pod.write_text(
+        "kind: Pod\nmetadata: {name: v6}\nspec:\n  nodeName: arm-1\n"
+        f"  containers: [{{name: a, image: '{image}'}}]\n"
+    )
+    lenient = run_check("-f", str(pod), "--nodes", str(as_json), "-o", "json", host=proxy.host)
+    strict = run_check(
+        *("-f", str(pod), "--nodes", str(as_json), "--runtime", "containerd-strict", "-o", "json"),
+        host=proxy.host,
+    )
+    assert [o["verdict"] for o in json.loads(lenient.stdout)["objects"]] == ["Compatible"]
+    assert [o["verdict"] for o in json.loads(strict.stdout)["objects"]] == ["Incompatible"]
+    assert (lenient.returncode, strict.returncode) == (0, 1)
