@@ -554,3 +554,22 @@ def test_nodes_as_json_and_a_forced_runtime(manifests: Path, proxy: FaultProxy, 
     assert [o["verdict"] for o in json.loads(lenient.stdout)["objects"]] == ["Compatible"]
     assert [o["verdict"] for o in json.loads(strict.stdout)["objects"]] == ["Incompatible"]
     assert (lenient.returncode, strict.returncode) == (0, 1)
+
+
+def test_operator_settings_apply_as_in_the_webhook(manifests: Path, proxy: FaultProxy) -> None:
+    """ARCHAUDIT_WEBHOOK_* (the chart's values) exempt images and namespaces here as at admission."""
+    run = archaudit(
+        *("check", "-f", str(manifests / "batch"), "-f", str(manifests / "pod.yaml"), *PAIR),
+        *("--insecure-registry", proxy.host, "-o", "json"),
+        env={
+            "ARCHAUDIT_WEBHOOK_EXEMPT_IMAGES": "*/samples/artifact:*",
+            "ARCHAUDIT_WEBHOOK_EXEMPT_NAMESPACES": "web",
+        },
+    )
+    assert run.returncode == 1, run.stderr  # the CronJob is still Incompatible
+    objects = by_object(json.loads(run.stdout))
+    assert objects["Job", "chart-as-image"]["message"] == "not checked: every image is exempt"
+    assert objects["Pod", "multi"]["verdict"] == "Skipped"
+    assert objects["CronJob", "pi-zero-only"]["verdict"] == "Incompatible"
+    asked = {s.path.split("/manifests/")[0] for s in proxy.requests(kind="manifests")}
+    assert asked == {"/v2/samples/schema2-only"}  # neither the exempt image nor web's
