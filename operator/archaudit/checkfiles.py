@@ -28,7 +28,7 @@ from archaudit import __version__
 from archaudit.adapters.resolver import Resolver
 from archaudit.core import config, policy, scheduling
 from archaudit.core.credentials import Credential, Keyring
-from archaudit.core.engine import SEVERITY, Verdict
+from archaudit.core.engine import SEVERITY, Verdict, plural
 from archaudit.core.errors import UsageError
 from archaudit.core.manifest_objects import (
     Document,
@@ -454,6 +454,12 @@ def _where(p: Placed) -> str:
     return f"{p.file}:{p.line}" if p.has_line else p.location
 
 
+def _totals(summary: Mapping[str, Any]) -> str:
+    counts = ", ".join(f"{n} {v}" for v, n in summary["verdicts"].items() if n)
+    objects, images = plural(summary["objects"], "object"), plural(summary["images"], "image")
+    return f"{objects} ({counts or 'none'}), {images}"
+
+
 def text(results: Sequence[Result], summary: Mapping[str, Any]) -> str:
     rows = [("OBJECT", "SOURCE", "VERDICT", "MESSAGE")]
     rows += [(_object_name(r.target), _where(r.placed), r.verdict, r.message) for r in results]
@@ -462,11 +468,10 @@ def text(results: Sequence[Result], summary: Mapping[str, Any]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3]
         for row in rows
     ]
-    counts = ", ".join(f"{n} {v}" for v, n in summary["verdicts"].items() if n)
-    tail = f"{summary['objects']} objects ({counts or 'none'}), {summary['images']} images"
+    tail = _totals(summary)
     if summary["ignored"]:
         kinds = ", ".join(f"{k} {n}" for k, n in summary["ignoredKinds"].items())
-        tail += f"; {summary['ignored']} other objects ignored ({kinds})"
+        tail += f"; {plural(summary['ignored'], 'other object')} ignored ({kinds})"
     return "\n".join([*(line.rstrip() for line in lines), "", tail])
 
 
@@ -490,8 +495,7 @@ def github(results: Sequence[Result], summary: Mapping[str, Any]) -> str:
             props.append(f"line={r.placed.line}")
         props.append(f"title={_escape_property(f'archaudit {r.verdict}: {_object_name(r.target)}')}")
         lines.append(f"::{level} {','.join(props)}::{_escape_data(r.message)}")
-    counts = ", ".join(f"{n} {v}" for v, n in summary["verdicts"].items() if n)
-    lines.append(f"archaudit: {summary['objects']} objects ({counts or 'none'}), {summary['images']} images")
+    lines.append(f"archaudit: {_totals(summary)}")
     return "\n".join(lines)
 
 

@@ -235,7 +235,7 @@ def test_helm_template_on_stdin_text_table(proxy: FaultProxy) -> None:
         "Pod/default/demo-probe": ["tiny/templates/pod.yaml", "AtRisk"],
         "Deployment/default/demo-web": ["tiny/templates/deployment.yaml", "Compatible"],
     }
-    assert lines[-1] == "2 objects (1 AtRisk, 1 Compatible), 2 images; 1 other objects ignored (Service 1)"
+    assert lines[-1] == "2 objects (1 AtRisk, 1 Compatible), 2 images; 1 other object ignored (Service 1)"
 
 
 @pytest.mark.parametrize(
