@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from archaudit.core import tags
 from archaudit.core.credentials import Credential
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 _MAX_QUEUE = 1000
 _FAILURE_RETRY_SECONDS = 3600.0
 _LOW_RATELIMIT = 10  # pulls left in a Docker Hub window below which the finder waits
+_MAX_IMAGES = 20_000  # images (and repositories) remembered; the oldest are forgotten first
 
 
 @runtime_checkable
@@ -92,7 +93,8 @@ class TagFinder:
     clock: Callable[[], float] = time.monotonic
     stats: FinderStats = field(default_factory=FinderStats)
     _lists: dict[tuple[str, str], tuple[float, tuple[str, ...] | None]] = field(default_factory=dict)
-    _answers: dict[tuple[str, str], tuple[float, str | None]] = field(default_factory=dict)
+    # image -> platform -> (when, tag or None): indexed by image, since every audit reads one image's
+    _answers: dict[str, dict[str, tuple[float, str | None]]] = field(default_factory=dict)
     _queued: set[tuple[str, str]] = field(default_factory=set)
     _queue: asyncio.Queue[_Job] = field(default_factory=lambda: asyncio.Queue(_MAX_QUEUE))
 
@@ -101,11 +103,10 @@ class TagFinder:
     def known(self, image: str) -> dict[str, str]:
         """platform -> fixing tag for `image`, as far as found (only tags, not "none found")."""
         now = self.clock()
-        found = {}
-        for (img, platform), (at, tag) in list(self._answers.items()):
-            if img == image and tag is not None and now - at < self.period_seconds:
-                found[platform] = tag
-        return found
+        answers = self._answers.get(image) or {}
+        return {
+            p: tag for p, (at, tag) in answers.items() if tag is not None and now - at < self.period_seconds
+        }
 
     def want(
         self,
@@ -117,11 +118,12 @@ class TagFinder:
     ) -> None:
         """Queue a search for the platforms of `image` not answered within the period (or queued)."""
         now = self.clock()
+        answers = self._answers.get(image) or {}
         due = tuple(
             p
             for p in platforms
             if (image, p) not in self._queued
-            and now - self._answers.get((image, p), (-float("inf"), None))[0] >= self.period_seconds
+            and now - answers.get(p, (-float("inf"), None))[0] >= self.period_seconds
         )
         if not due:
             return
@@ -173,9 +175,13 @@ class TagFinder:
             else:
                 tag = await self._search_one(ref, creds, listed, platform, job.targets)
                 self.stats.searches += 1
-            before = self._answers.get((job.image, platform), (0.0, None))[1]
-            self._answers[(job.image, platform)] = (now, tag)
+            answers = self._answers.pop(job.image, {})  # re-inserted: the newest are kept longest
+            self._answers[job.image] = answers
+            before = answers.get(platform, (0.0, None))[1]
+            answers[platform] = (now, tag)
             changed = changed or tag != before
+        _bound(self._answers, _MAX_IMAGES)
+        _bound(self._lists, _MAX_IMAGES)
         return changed
 
     async def _tags_of(self, ref: ImageReference, creds: Sequence[Credential]) -> tuple[str, ...] | None:
@@ -239,3 +245,9 @@ class TagFinder:
         seen = self.ratelimits()
         hosts = (registry, "registry-1.docker.io") if registry == "docker.io" else (registry,)
         return any(seen.get(h, _LOW_RATELIMIT) < _LOW_RATELIMIT for h in hosts)
+
+
+def _bound(table: dict[Any, Any], limit: int) -> None:
+    """Forget the oldest entries (dicts keep insertion order) beyond `limit`: memory stays bounded."""
+    while len(table) > limit:
+        del table[next(iter(table))]
