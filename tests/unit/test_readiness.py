@@ -191,15 +191,28 @@ def test_document_groups_sums_and_sorts_by_what_it_frees() -> None:
         "ready": {"workloads": 2, "cpu": 1700, "memory": 5 * 2**20},
         "blocked": {"workloads": 1, "cpu": 1000, "memory": 4 * 2**30},
     }
-    text = readiness.render_text(doc)
-    assert "Ready for linux/arm64: 2 workload(s), 1.7 cores CPU, 5 MiB memory requested" in text
-    assert (
-        "acme/api:1.0  blocks 1 workload(s), alone 1: 1 cores CPU, 4 GiB  fix: 1.2 provides linux/arm64"
-        in text
-    )
+    text = readiness.render_text(doc).splitlines()
+    assert text[0] == "Ready for linux/arm64: 2 workloads, 1700m CPU, 5Mi memory requested"
+    assert text[1] == "Blocked:  1 workload, 1 CPU, 4Gi memory requested"
+    assert text[3].split() == [
+        "BLOCKING",
+        "IMAGE",
+        "WORKLOADS",
+        "ALONE",
+        "FREES",
+        "CPU",
+        "FREES",
+        "MEMORY",
+        "FIX",
+    ]
+    assert text[4].split() == ["acme/api:1.0", "1", "1", "1", "4Gi", "1.2", "provides", "linux/arm64"]
+    assert [line.split()[0] for line in text[6:9]] == ["READY", "a/Deployment/big", "a/Deployment/small"]
 
 
 def test_formats() -> None:
     assert readiness.format_cpu(250) == "250m"
-    assert readiness.format_memory(1536 * 2**20) == "1.5 GiB"
-    assert readiness.format_memory(12) == "12 B"
+    assert readiness.format_cpu(3000) == "3"
+    assert readiness.format_cpu(1500) == "1500m"
+    assert readiness.format_memory(1536 * 2**20) == "1.5Gi"
+    assert readiness.format_memory(192 * 2**20) == "192Mi"
+    assert readiness.format_memory(12) == "12"

@@ -286,70 +286,88 @@ def _totals(entries: Sequence[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def format_cpu(millicores: int) -> str:
-    """`1500` -> `1.5 cores`, `250` -> `250m`: how people read CPU requests."""
-    if millicores < 1000:
-        return f"{millicores}m"
-    return f"{millicores / 1000:g} cores"
+    """As kubectl writes CPU: `3` cores when whole, else millicores (`1500m`, `250m`)."""
+    return str(millicores // 1000) if millicores % 1000 == 0 else f"{millicores}m"
 
 
 def format_memory(n: int) -> str:
-    """Bytes in the largest binary unit that keeps one decimal: `1.5 GiB`, `128 MiB`."""
+    """As kubectl writes memory, in binary units with at most one decimal: `192Mi`, `1.5Gi`, `512`."""
     value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}".replace(".0 ", " ")
-        value /= 1024
-    raise AssertionError("unreachable")
+    unit = ""
+    for bigger in ("Ki", "Mi", "Gi", "Ti", "Pi"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    text = f"{value:.1f}".removesuffix(".0")
+    return f"{text}{unit}"
 
 
 def render_text(doc: Mapping[str, Any]) -> str:
-    """The human form: totals first, then the images that block the most, then every workload."""
+    """The human form: totals, the images that block the most, then every workload (biggest first)."""
     platform = doc["platform"]
     totals = doc["totals"]
     lines = [
         f"Ready for {platform}: {_summary(totals['ready'])}",
-        f"Blocked: {_summary(totals['blocked'])}",
+        f"Blocked:  {_summary(totals['blocked'])}",
     ]
-    # Which image to fix first: the one whose workloads free the most.
+    # Which image to fix first: the one whose workloads it alone blocks free the most.
     by_image: dict[str, list[Mapping[str, Any]]] = {}
     for entry in doc["blocked"]:
         for image in entry["images"]:
             by_image.setdefault(image, []).append(entry)
-    if by_image:
-        lines += ["", "Blocking images (fixing one frees the workloads it alone blocks):"]
-
-        def freed(item: tuple[str, list[Mapping[str, Any]]]) -> tuple[int, int, str]:
-            alone = [e for e in item[1] if len(e["images"]) == 1]
-            return (-sum(e["cpu"] for e in alone), -len(item[1]), item[0])
-
-        for image, entries in sorted(by_image.items(), key=freed):
-            alone = [e for e in entries if len(e["images"]) == 1]
-            fix = next(
-                (f for e in entries for f in (e["fix"] or "").split("; ") if f.startswith(image + ":")), ""
-            )
-            tag = f"  fix: {fix[len(image) + 2 :]}" if fix else ""
-            lines.append(
-                f"  {image}  blocks {len(entries)} workload(s), alone {len(alone)}: "
-                f"{format_cpu(sum(e['cpu'] for e in alone))} CPU, "
-                f"{format_memory(sum(e['memory'] for e in alone))}{tag}"
-            )
-    for title, key in (("Ready", "ready"), ("Blocked", "blocked")):
-        if not doc[key]:
-            continue
-        lines += ["", f"{title}:"]
-        for e in doc[key]:
-            where = f"{e['namespace']}/{e['kind']}/{e['name']}"
-            line = f"  {where}  x{e['replicas']}  {format_cpu(e['cpu'])} CPU  {format_memory(e['memory'])}"
-            if key == "blocked":
-                line += f"  by {', '.join(e['images']) or '(unknown)'}"
-                if e["fix"]:
-                    line += f"  fix: {e['fix']}"
-            lines.append(line)
+    rows: list[list[str]] = []
+    for image, entries in by_image.items():
+        alone = [e for e in entries if len(e["images"]) == 1]
+        prefix = image + ": "
+        fix = next((f for e in entries for f in (e["fix"] or "").split("; ") if f.startswith(prefix)), "")
+        cpu, memory = sum(e["cpu"] for e in alone), sum(e["memory"] for e in alone)
+        rows.append(
+            [
+                image,
+                str(len(entries)),
+                str(len(alone)),
+                format_cpu(cpu),
+                format_memory(memory),
+                fix[len(prefix) :] or "-",
+                str(cpu),
+            ]
+        )
+    if rows:
+        rows.sort(key=lambda r: (-int(r[6]), -int(r[1]), r[0]))
+        lines += [
+            "",
+            *_table(
+                ["BLOCKING IMAGE", "WORKLOADS", "ALONE", "FREES CPU", "FREES MEMORY", "FIX"],
+                [r[:6] for r in rows],
+            ),
+        ]
+    if doc["ready"]:
+        lines += ["", *_table(["READY", "REPLICAS", "CPU", "MEMORY"], [_row(e) for e in doc["ready"]])]
+    if doc["blocked"]:
+        blocked = [[*_row(e), ", ".join(e["images"]) or "-"] for e in doc["blocked"]]
+        lines += ["", *_table(["BLOCKED", "REPLICAS", "CPU", "MEMORY", "BLOCKED BY"], blocked)]
     return "\n".join(lines)
 
 
+def _row(e: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{e['namespace']}/{e['kind']}/{e['name']}",
+        str(e["replicas"]),
+        format_cpu(e["cpu"]),
+        format_memory(e["memory"]),
+    ]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return [
+        "   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
+    ]
+
+
 def _summary(totals: Mapping[str, int]) -> str:
+    n = totals["workloads"]
     return (
-        f"{totals['workloads']} workload(s), {format_cpu(totals['cpu'])} CPU, "
+        f"{n} workload{'' if n == 1 else 's'}, {format_cpu(totals['cpu'])} CPU, "
         f"{format_memory(totals['memory'])} memory requested"
     )
