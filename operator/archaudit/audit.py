@@ -391,13 +391,16 @@ class Auditor:
         self.dirty.add(parent)
         self.wake.set()
 
-    def _touch_image(self, namespace: str, image: str) -> None:
-        """The tag finder found (or lost) a fixing tag for `image`: re-report the workloads using it."""
+    def _touch_image(self, _namespace: str, image: str) -> None:
+        """The tag finder found (or lost) a fixing tag for `image`: re-report the workloads using it.
+
+        In every namespace: answers are per image (one search however many namespaces run it).
+        """
         for pod in self.pods.values():
-            if pod.namespace == namespace and any(c.image == image for c in pod.containers):
+            if any(c.image == image for c in pod.containers):
                 self.dirty.add(pod.parent)
         for key, template in self.templates.items():
-            if key[0] == namespace and any(c.image == image for c in template.containers):
+            if any(c.image == image for c in template.containers):
                 self.dirty_templates.add(key)
         self.wake.set()
 

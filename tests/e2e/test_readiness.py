@@ -202,6 +202,28 @@ def test_runs_on_readiness_totals_and_the_fixing_tag(
                 "memory": sum(e["memory"] for e in entries),
             }
         print("readiness -A:", json.dumps(everywhere["totals"]))
+        text = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "archaudit",
+                "readiness",
+                "-n",
+                namespace,
+                "--kubeconfig",
+                str(cluster.kubeconfig),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.splitlines()
+        assert text[:2] == [
+            # --platform defaults to linux/arm64
+            "Ready for linux/arm64: 2 workloads, 3 CPU, 192Mi memory requested",
+            "Blocked:  1 workload, 1 CPU, 2Gi memory requested",
+        ]
+        assert text[4].split() == [api_10, "1", "1", "1", "2Gi", "1.2", "provides", "linux/arm64"]
         # linux/amd64: everything is ready
         assert (
             readiness(cluster, "--platform", "linux/amd64", "-n", namespace)["totals"]["blocked"]["workloads"]
