@@ -164,6 +164,7 @@ def test_document_groups_sums_and_sorts_by_what_it_frees() -> None:
             ],
         ),
         {"metadata": {"namespace": "c", "name": "new"}, "spec": {}},  # not judged yet
+        {"metadata": {"namespace": "c", "name": "old"}, "status": {"verdict": "Compatible"}},  # no runsOn
     ]
     doc = readiness.readiness(docs, "linux/arm64")
     assert [e["name"] for e in doc["ready"]] == ["big", "small"]
@@ -191,10 +192,12 @@ def test_document_groups_sums_and_sorts_by_what_it_frees() -> None:
         "ready": {"workloads": 2, "cpu": 1700, "memory": 5 * 2**20},
         "blocked": {"workloads": 1, "cpu": 1000, "memory": 4 * 2**30},
     }
+    assert doc["pending"] == 2
     text = readiness.render_text(doc).splitlines()
     assert text[0] == "Ready for linux/arm64: 2 workloads, 1700m CPU, 5Mi memory requested"
     assert text[1] == "Blocked:  1 workload, 1 CPU, 4Gi memory requested"
-    assert text[3].split() == [
+    assert text[2] == "Not judged yet: 2 ImageAudit(s) (new, or written by an older archaudit)"
+    assert text[4].split() == [
         "BLOCKING",
         "IMAGE",
         "WORKLOADS",
@@ -205,8 +208,8 @@ def test_document_groups_sums_and_sorts_by_what_it_frees() -> None:
         "MEMORY",
         "FIX",
     ]
-    assert text[4].split() == ["acme/api:1.0", "1", "1", "1", "4Gi", "1.2", "provides", "linux/arm64"]
-    assert [line.split()[0] for line in text[6:9]] == ["READY", "a/Deployment/big", "a/Deployment/small"]
+    assert text[5].split() == ["acme/api:1.0", "1", "1", "1", "4Gi", "1.2", "provides", "linux/arm64"]
+    assert [line.split()[0] for line in text[7:10]] == ["READY", "a/Deployment/big", "a/Deployment/small"]
 
 
 def test_formats() -> None:

@@ -224,13 +224,16 @@ def readiness(audits: Iterable[Mapping[str, Any]], platform: str) -> dict[str, A
     A workload is ready when `platform` is in its `status.runsOn`; otherwise it is blocked by the images
     whose own `runsOn` lacks it (unresolved images included: nothing proves they run). CPU (millicores)
     and memory (bytes) are the pod's requests times its replicas. Workloads are listed by what moving
-    them frees, most first; audits without a status (not judged yet) are left out.
+    them frees, most first. Audits not judged for readiness yet (no status, or written by an archaudit
+    without `runsOn`) are left out and counted in `pending`, so that nothing is called blocked unseen.
     """
     ready: list[dict[str, Any]] = []
     blocked: list[dict[str, Any]] = []
+    pending = 0
     for audit in audits:
         status = audit.get("status") or {}
-        if not status.get("verdict"):
+        if not status.get("verdict") or "runsOn" not in status:
+            pending += 1
             continue
         meta = audit.get("metadata") or {}
         workload = ((audit.get("spec") or {}).get("workload")) or {}
@@ -270,6 +273,7 @@ def readiness(audits: Iterable[Mapping[str, Any]], platform: str) -> dict[str, A
         "ready": ready,
         "blocked": blocked,
         "totals": {"ready": _totals(ready), "blocked": _totals(blocked)},
+        "pending": pending,
     }
 
 
@@ -310,6 +314,10 @@ def render_text(doc: Mapping[str, Any]) -> str:
         f"Ready for {platform}: {_summary(totals['ready'])}",
         f"Blocked:  {_summary(totals['blocked'])}",
     ]
+    if doc.get("pending"):
+        lines.append(
+            f"Not judged yet: {doc['pending']} ImageAudit(s) (new, or written by an older archaudit)"
+        )
     # Which image to fix first: the one whose workloads it alone blocks free the most.
     by_image: dict[str, list[Mapping[str, Any]]] = {}
     for entry in doc["blocked"]:
