@@ -83,3 +83,31 @@ def test_size_from_the_template_else_from_the_pods() -> None:
     assert Auditor._size(daemon, pods * 6, template) == (6, Requests(2000, 64 * MI))  # one per node it covers
     bare = WorkloadRef("v1", "Pod", "p", "u", "shop")
     assert Auditor._size(bare, pods, None) == (1, Requests(2000, MI))
+
+
+async def test_the_tag_finder_is_off_with_a_setting() -> None:
+    import asyncio
+    import dataclasses
+
+    from archaudit.adapters.metrics import MutableState
+    from archaudit.adapters.registry.client import RegistryClient
+    from archaudit.adapters.resolver import Resolver
+    from archaudit.context import Context, NodeMap
+    from archaudit.core.config import AuditSettings, Settings
+
+    resolver = Resolver(RegistryClient())  # the production transport; nothing is asked of it here
+    stop = asyncio.Event()
+    try:
+        for enabled in (False, True):
+            settings = dataclasses.replace(Settings(), audit=AuditSettings(fix_tags=enabled))
+            ctx = Context(settings, resolver, NodeMap(), credentials=None, metrics=MutableState())  # type: ignore[arg-type]
+            auditor = Auditor(lambda ctx=ctx: ctx)  # type: ignore[misc]
+            task = auditor._start_finder(stop)
+            assert (task is not None, auditor.finder is not None) == (enabled, enabled)
+            if task is not None:
+                assert auditor.finder is not None
+                assert auditor.finder.lister is resolver.transport  # tag lists go through the one client
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await resolver.aclose()
