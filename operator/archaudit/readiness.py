@@ -15,14 +15,15 @@ import argparse
 import json
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
-
-from archaudit.adapters.kube import KubeApi
 from archaudit.core import readiness
 from archaudit.core.platforms import Platform
+
+if TYPE_CHECKING:  # the kubernetes client is imported when the command runs, not to build the parser
+    import kubernetes
+
+    from archaudit.adapters.kube import KubeApi
 
 __all__ = ["ReadinessError", "add_parser", "list_audits", "main"]
 
@@ -54,6 +55,8 @@ def add_parser(sub: Any) -> None:
 
 def _client(kubeconfig: str | None, context: str | None) -> tuple[kubernetes.client.ApiClient, str]:
     """(API client, default namespace), as kubectl finds them: kubeconfig first, else in-cluster."""
+    import kubernetes
+
     configuration = kubernetes.client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     first = path.split(os.pathsep)[0]
@@ -97,6 +100,11 @@ def list_audits(api: KubeApi, namespace: str | None) -> Iterator[Mapping[str, An
 
 def main(args: argparse.Namespace) -> tuple[int, str]:
     """(exit code, output) for `archaudit readiness`; ReadinessError when it cannot ask."""
+    import kubernetes
+    from kubernetes.client.exceptions import ApiException
+
+    from archaudit.adapters.kube import KubeApi
+
     try:
         platform = str(Platform.parse(args.platform))
     except ValueError as e:
