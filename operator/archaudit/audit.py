@@ -35,6 +35,7 @@ from archaudit.adapters.tagfinder import TagFinder, TagLister
 from archaudit.context import Context
 from archaudit.core import policy, readiness, reports, scheduling, workloads
 from archaudit.core.config import AuditSettings
+from archaudit.core.credentials import Credential
 from archaudit.core.errors import ResolutionError
 from archaudit.core.manifests import ImagePlatforms
 from archaudit.core.readiness import Requests
@@ -669,7 +670,7 @@ class Auditor:
             replicas = len(pods) if workload.kind == "DaemonSet" else template.replicas
             return replicas, template.requests
         # A bare pod, or a controller archaudit does not watch (its pods are what runs)
-        return len(pods), pods[0].requests if pods else Requests()
+        return len(pods), pods[0].requests if pods else _NO_REQUESTS
 
     def _target_nodes(self, ctx: Context) -> tuple[scheduling.Node, ...]:
         """One virtual node per kind of node, cluster platform and common target (for runsOn)."""
@@ -780,8 +781,10 @@ def _api_of(ctx: Context) -> KubeApi:
 
 def _credentials_for(
     ctx: Context, namespace: str, spec: Mapping[str, Any]
-) -> Callable[[ImageReference], Awaitable[Sequence[Any]]]:
-    async def credentials(ref: ImageReference) -> Sequence[Any]:
+) -> Callable[[ImageReference], Awaitable[Sequence[Credential]]]:
+    """The pod's pull credentials, looked up when the tag finder gets to the image (not when asked)."""
+
+    async def credentials(ref: ImageReference) -> Sequence[Credential]:
         return await ctx.credentials.for_pod(namespace, spec, ref)
 
     return credentials
