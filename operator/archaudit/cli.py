@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check which platforms a container image can run on, the way the node's runtime decides.",
     )
     parser.add_argument("--version", action="version", version=f"archaudit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{check,run}")
+    sub = parser.add_subparsers(dest="command", metavar="{check,run,readiness}")
 
     check = sub.add_parser(
         "check",
@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the operator (webhook, auditor, metrics); see `archaudit run --help`",
         add_help=False,
     )
+    # Its own module (cli.py only dispatches), imported here: it needs the kubernetes client, which
+    # `archaudit check` in CI should not pay to import.
+    from archaudit import readiness
+
+    readiness.add_parser(sub)
     return parser
 
 
@@ -279,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
+    if args.command == "readiness":
+        return _readiness(args)
     try:
         settings = config.from_env()
         code, out = asyncio.run(check(args, settings))
@@ -287,6 +294,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    print(out)
+    return code
+
+
+def _readiness(args: argparse.Namespace) -> int:
+    from archaudit import readiness
+
+    try:
+        code, out = readiness.main(args)
+    except readiness.ReadinessError as e:
+        print(f"archaudit: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     print(out)
     return code
 

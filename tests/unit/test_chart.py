@@ -623,8 +623,9 @@ def test_crd_is_kept_on_uninstall_and_has_the_contracted_names() -> None:
         "Age",
         "Message",
         "Last Checked",
+        "Runs On",
     ]
-    assert {n for n, c in columns.items() if c.get("priority") == 1} == {"Message", "Last Checked"}
+    assert {n for n, c in columns.items() if c.get("priority") == 1} == {"Message", "Last Checked", "Runs On"}
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     for column in columns.values():
         field = column["jsonPath"].split(".")[-1]

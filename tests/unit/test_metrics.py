@@ -36,6 +36,8 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "archaudit_registry_ratelimit_remaining": ("gauge", frozenset({"registry"})),
     "archaudit_last_full_audit_timestamp_seconds": ("gauge", frozenset()),
     "archaudit_nodes": ("gauge", frozenset({"platform"})),
+    "archaudit_runnable_workloads": ("gauge", frozenset({"platform"})),
+    "archaudit_runnable_cpu_cores": ("gauge", frozenset({"platform"})),
     "archaudit_build_info": ("gauge", frozenset({"version", "python"})),
 }
 
@@ -104,6 +106,8 @@ def feed_everything(s: Server) -> None:
     s.state.nodes = {"linux/amd64": 2, "linux/arm64": 3, "linux/arm/v7": 1}
     s.state.observe_runtime_mismatch("shop")
     s.state.full_audit_completed(at=1_700_000_000.0)
+    s.state.runnable_workloads = {"linux/amd64": 9, "linux/arm64": 4}
+    s.state.runnable_cpu_cores = {"linux/amd64": 3.5, "linux/arm64": 1.25}
 
 
 def label_names(family: Metric) -> frozenset[str]:
@@ -331,3 +335,10 @@ async def test_a_taken_port_is_an_error_at_start(server: Server) -> None:
         await metrics.start_metrics_server(
             "127.0.0.1", port, registry, health=lambda: True, ready=lambda: True
         )
+
+
+async def test_readiness_gauges_per_platform(server: Server) -> None:
+    feed_everything(server)
+    families = await server.scrape()
+    assert value(families["archaudit_runnable_workloads"], platform="linux/arm64") == 4
+    assert value(families["archaudit_runnable_cpu_cores"], platform="linux/arm64") == 1.25

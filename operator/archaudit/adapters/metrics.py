@@ -75,6 +75,8 @@ class Snapshot:
     nodes: Mapping[str, int] = field(default_factory=dict)  # node platform "linux/arm64" -> nodes
     runtime_mismatches: Mapping[str, int] = field(default_factory=dict)  # namespace -> observed so far
     last_full_audit: float | None = None  # unix time of the last completed full audit
+    runnable_workloads: Mapping[str, int] = field(default_factory=dict)  # platform -> workloads (runsOn)
+    runnable_cpu_cores: Mapping[str, float] = field(default_factory=dict)  # platform -> requested cores
 
 
 class StateSource(Protocol):
@@ -103,6 +105,9 @@ class MutableState:
     nodes_from: Callable[[], Mapping[str, int]] | None = None
     runtime_mismatches: dict[str, int] = field(default_factory=dict)
     last_full_audit: float | None = None
+    # readiness, per target platform (the auditor replaces both after each pass)
+    runnable_workloads: dict[str, int] = field(default_factory=dict)
+    runnable_cpu_cores: dict[str, float] = field(default_factory=dict)
 
     def observe_runtime_mismatch(self, namespace: str, count: int = 1) -> None:
         """A container showed `exec format error` or `no match for platform in manifest`."""
@@ -122,6 +127,8 @@ class MutableState:
             nodes=_read(self.nodes_from, self.nodes),
             runtime_mismatches=dict(self.runtime_mismatches),
             last_full_audit=self.last_full_audit,
+            runnable_workloads=dict(self.runnable_workloads),
+            runnable_cpu_cores=dict(self.runnable_cpu_cores),
         )
 
 
@@ -193,6 +200,18 @@ class StateCollector(Collector):
             "nodes", "Nodes by platform (os/architecture[/variant]).", ["platform"], _keyed(snap.nodes)
         )
         yield _gauge(
+            "runnable_workloads",
+            "Top-level workloads whose every image runs on the platform (ImageAudit status.runsOn).",
+            ["platform"],
+            _keyed(snap.runnable_workloads),
+        )
+        yield _gauge(
+            "runnable_cpu_cores",
+            "CPU cores requested (requests times replicas) by the workloads that could run on the platform.",
+            ["platform"],
+            _keyed(snap.runnable_cpu_cores),
+        )
+        yield _gauge(
             "registry_ratelimit_remaining",
             "Pulls left in the registry's rate-limit window (Docker Hub's ratelimit-remaining header).",
             ["registry"],
@@ -218,12 +237,12 @@ class StateCollector(Collector):
         yield last_audit
 
 
-def _keyed(counts: Mapping[str, int]) -> list[tuple[tuple[str], int]]:
+def _keyed(counts: Mapping[str, float]) -> list[tuple[tuple[str], float]]:
     return [((key,), n) for key, n in counts.items()]
 
 
 def _gauge(
-    name: str, documentation: str, labels: list[str], values: Iterable[tuple[Sequence[str], int]]
+    name: str, documentation: str, labels: list[str], values: Iterable[tuple[Sequence[str], float]]
 ) -> GaugeMetricFamily:
     family = GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
     for key, n in sorted(values):

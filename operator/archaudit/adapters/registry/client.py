@@ -96,6 +96,12 @@ _MAX_NESTING = 3
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _RETRYABLE = frozenset({429, 500, 502, 503, 504})
 _T = TypeVar("_T")
+# Tag lists: pages of this many, at most this many pages (Docker Hub's biggest repositories have
+# tens of thousands of tags; the newest are what a fix is found among), each page size-capped.
+_TAG_PAGE_SIZE = 1000
+_MAX_TAG_PAGES = 5
+_MAX_TAGS_BYTES = 1024 * 1024
+_LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
 
 
@@ -325,6 +331,48 @@ class RegistryClient:
             return await self._fetch_at(attempt, digest)
 
         return await self._over_endpoints(ref, credentials, deadline, at)
+
+    # -- tag listing: only for the readiness tag finder (adapters/tagfinder.py), off the admission path.
+    # Kept apart from lookup/fetch: it reuses the endpoint, credential and request machinery (so it is
+    # guarded, capped, authorized and counted in the registry metrics like every other request).
+
+    async def list_tags(
+        self,
+        ref: ImageReference,
+        credentials: Sequence[Credential] = (),
+        *,
+        deadline: float | None = None,
+        max_pages: int = _MAX_TAG_PAGES,
+    ) -> list[str]:
+        """The tags of `ref`'s repository (`GET /v2/<name>/tags/list`, following `Link` pages, bounded)."""
+        deadline = self.deadline() if deadline is None else deadline
+
+        async def at(attempt: _Attempt) -> list[str]:
+            return await self._tags_at(attempt, max_pages)
+
+        return await self._over_endpoints(ref, credentials, deadline, at)
+
+    async def _tags_at(self, attempt: _Attempt, max_pages: int) -> list[str]:
+        url = attempt.url("tags", "list")
+        url += ("&" if "?" in url else "?") + f"n={_TAG_PAGE_SIZE}"
+        tags: list[str] = []
+        for _page in range(max(1, max_pages)):
+            resp = await self._registry_request(attempt, "GET", url, max_body=_MAX_TAGS_BYTES)
+            if resp.status != 200:
+                self._raise_for(attempt, resp, "tag list")
+            try:
+                listed = json.loads(resp.body).get("tags") or []
+            except (ValueError, AttributeError):
+                raise ResolutionError(
+                    Reason.INVALID_MANIFEST,
+                    f"{attempt.image}: {attempt.registry} sent an unreadable tag list",
+                ) from None
+            tags.extend(t for t in listed if isinstance(t, str))
+            following = _next_page(resp.header("Link") or "", url)
+            if following is None:
+                break
+            url = following
+        return tags
 
     # -- endpoints and credentials
 
@@ -683,6 +731,16 @@ def _too_large(attempt: _Attempt, url: str, cap: int, declared: int | None) -> R
         Reason.INVALID_MANIFEST,
         f"{attempt.image}: {attempt.registry} {said} the {cap}-byte limit for {_what(url)}",
     )
+
+
+def _next_page(link: str, url: str) -> str | None:
+    """The `rel="next"` URL of a Link header, only on the host that sent it (no hop elsewhere)."""
+    match = _LINK_NEXT.search(link)
+    if match is None:
+        return None
+    following = urllib.parse.urljoin(url, match.group(1))
+    same = urllib.parse.urlsplit(following).netloc == urllib.parse.urlsplit(url).netloc
+    return following if same and following != url else None
 
 
 def _what(url: str) -> str:
