@@ -29,6 +29,7 @@ from archaudit.core.errors import InvalidReference, Reason, ResolutionError
 from archaudit.core.manifests import ImagePlatforms
 from archaudit.core.reference import ImageReference
 from archaudit.core.reference import parse as parse_reference
+from archaudit.core.warnings import fit as fit_warnings
 
 __all__ = [
     "POD_WEBHOOK",
@@ -310,10 +311,13 @@ def malformed(data: Any) -> str | None:
 def response(
     review_: Mapping[str, Any], *, allowed: bool, message: str = "", warnings: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """The AdmissionReview answer; a denial carries HTTP 403 and the message the user sees."""
+    """The AdmissionReview answer; a denial carries HTTP 403 and the message the user sees.
+
+    Warnings are fitted to what the apiserver passes on (core/warnings.py): most important first.
+    """
     answer: dict[str, Any] = {"uid": review_["request"]["uid"], "allowed": allowed}
     if warnings:
-        answer["warnings"] = list(warnings)
+        answer["warnings"] = list(fit_warnings(warnings))
     if not allowed:
         answer["status"] = {"code": 403, "reason": "Forbidden", "message": message}
     return {
