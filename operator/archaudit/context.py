@@ -100,6 +100,7 @@ class Context:
     metrics: Any  # archaudit.adapters.metrics.MutableState
     is_leader: Callable[[], bool] = lambda: True
     api: Any = None  # archaudit.adapters.kube.KubeApi, shared so the auditor does not build a second client
+    events: Any = None  # archaudit.adapters.events.EventEmitter: the one writer of Events (webhook, auditor)
     extra_nodes: list[Node] = field(default_factory=list)
     # namespace -> its labels (archaudit.io/mode, archaudit.io/ignore), kept by a namespace watch
     namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)

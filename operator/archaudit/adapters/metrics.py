@@ -75,6 +75,7 @@ class Snapshot:
     nodes: Mapping[str, int] = field(default_factory=dict)  # node platform "linux/arm64" -> nodes
     runtime_mismatches: Mapping[str, int] = field(default_factory=dict)  # namespace -> observed so far
     last_full_audit: float | None = None  # unix time of the last completed full audit
+    events: Mapping[str, int] = field(default_factory=dict)  # emitted|aggregated|dropped|failed -> n
 
 
 class StateSource(Protocol):
@@ -101,6 +102,9 @@ class MutableState:
     # copying into the dicts above; they win over the dicts when set.
     resolver_cache_from: Callable[[], Mapping[str, tuple[int, int]]] | None = None
     nodes_from: Callable[[], Mapping[str, int]] | None = None
+    # The Event emitter's outcome counts (adapters/events.py `stats`), read live at scrape time.
+    events_from: Callable[[], Mapping[str, int]] | None = None
+    events: dict[str, int] = field(default_factory=dict)
     runtime_mismatches: dict[str, int] = field(default_factory=dict)
     last_full_audit: float | None = None
 
@@ -122,6 +126,7 @@ class MutableState:
             nodes=_read(self.nodes_from, self.nodes),
             runtime_mismatches=dict(self.runtime_mismatches),
             last_full_audit=self.last_full_audit,
+            events=_read(self.events_from, self.events),
         )
 
 
@@ -208,6 +213,17 @@ class StateCollector(Collector):
         for namespace, n in sorted(snap.runtime_mismatches.items()):
             mismatches.add_metric([namespace], n)
         yield mismatches
+
+        events = CounterMetricFamily(
+            f"{PREFIX}_events",
+            "Occurrences of ImageArchMismatch problems by what became of them: emitted (a new Event), "
+            "aggregated (counted on an existing Event), dropped (queue full, rate limit, no object name), "
+            "failed (the apiserver refused or did not answer a write).",
+            labels=["result"],
+        )
+        for result, n in sorted(snap.events.items()):
+            events.add_metric([result], n)
+        yield events
 
         last_audit = GaugeMetricFamily(
             f"{PREFIX}_last_full_audit_timestamp_seconds",
