@@ -215,16 +215,20 @@ def rig(plain_registry: Seeded, tmp_path_factory: pytest.TempPathFactory) -> Ite
 # --- real AdmissionReview bodies ----------------------------------------------------------------------
 
 
-def admitted_object(cluster: Cluster, name: str, images: Sequence[str]) -> dict[str, Any]:
+def admitted_object(
+    cluster: Cluster, name: str, images: Sequence[str], node_selector: Mapping[str, str] | None = ARM64_ONLY
+) -> dict[str, Any]:
     """The pod as a validating webhook receives it: created with dry-run, so every default is in it."""
+    spec: dict[str, Any] = {
+        "containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]
+    }
+    if node_selector:
+        spec["nodeSelector"] = dict(node_selector)
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)],
-            "nodeSelector": ARM64_ONLY,
-        },
+        "spec": spec,
     }
     # A dict in and the apiserver's own JSON out (_preload_content=False), not the client's models,
     # which would rename fields; the client's annotations cover neither form, hence Any.
@@ -447,6 +451,77 @@ async def test_warm_admission_latency_and_throughput(rig: Rig) -> None:
         "registry requests while warm (proxy log / operator metric)",
         f"{warm_requests} / {metric_requests:g}",
         "0",
+    )
+
+
+# --- allowed vs warned vs denied (issue 11) ------------------------------------------------------------
+
+# Same client, same concurrency, same container count; only the verdict differs.
+ALLOWED_IMAGES = ("multiarch", "nested", "arm64-oci")  # each runs on arm64: Compatible with ARM64_ONLY
+VERDICT_RUN = (8, 200_000, 15.0)  # concurrency, max reviews, seconds: the issue's 15 s burst
+VERDICT_PODS = (
+    # (label, images, nodeSelector, expected (allowed, warned))
+    ("Compatible pod (allowed)", ALLOWED_IMAGES, ARM64_ONLY, (True, False)),
+    ("AtRisk pod (warned, non-dry-run: Events)", POD_IMAGES, None, (True, True)),
+    ("Incompatible pod (denied)", POD_IMAGES, ARM64_ONLY, (False, False)),
+)
+
+
+def _events_in(cluster: Cluster, namespace: str) -> int:
+    core: Any = client.CoreV1Api(cluster.admin)
+    return sum(1 for e in core.list_namespaced_event(namespace).items if e.reason == "ImageArchMismatch")
+
+
+async def test_warned_and_denied_reviews_cost_what_allowed_ones_cost(rig: Rig) -> None:
+    rig.proxy.set("pass")
+    refs = {
+        name: rig.proxy.ref(rig.seeded.samples[name].reference) for name in {*ALLOWED_IMAGES, *POD_IMAGES}
+    }
+    for name in ALLOWED_IMAGES:  # the warm benchmark's warm-up covers POD_IMAGES only
+        obj = await asyncio.to_thread(admitted_object, rig.cluster, f"warm-{name}", [refs[name]])
+        uids, bodies = review_bodies(obj, 1)
+        answers, _ = await post_all(rig.review_url, rig.tls, bodies, concurrency=1, max_seconds=60)
+        assert verdict(answers[0], uids[0])[0], answers[0].payload[:300]
+    concurrency, count, seconds = VERDICT_RUN
+    figures: dict[str, tuple[float, float]] = {}
+    for label, names, selector, (allowed, warned) in VERDICT_PODS:
+        obj = await asyncio.to_thread(
+            admitted_object, rig.cluster, f"verdict-{len(figures)}", [refs[n] for n in names], selector
+        )
+        # Events are counted over the warm-up too: the first review of a warned pod makes its Event.
+        events_before = await asyncio.to_thread(_events_in, rig.cluster, BENCH_NAMESPACE)
+        uids, bodies = review_bodies(obj, UNTIMED_WARMUP)  # connections, first-call paths: not timed
+        await post_all(rig.review_url, rig.tls, bodies, concurrency=concurrency, max_seconds=60)
+        uids, bodies = review_bodies(obj, count)
+        cpu_before = _cpu_seconds(rig.pid)
+        answers, wall = await post_all(
+            rig.review_url, rig.tls, bodies, concurrency=concurrency, max_seconds=seconds
+        )
+        cpu = _cpu_seconds(rig.pid) - cpu_before
+        for answer in answers:
+            got_allowed, _message, got_warnings = verdict(answer, uids[answer.index])
+            assert (got_allowed, bool(got_warnings)) == (allowed, warned), answer.payload[:300]
+        created = await asyncio.to_thread(_events_in, rig.cluster, BENCH_NAMESPACE) - events_before
+        latencies = sorted(a.seconds for a in answers)
+        p50, p99 = (percentile(latencies, q) * 1000 for q in (0.5, 0.99))
+        rate = len(answers) / wall
+        figures[label] = (rate, len(answers) / cpu)
+        _row(
+            f"{label}, concurrency {concurrency}, {len(answers):,} reviews in {wall:.1f}s",
+            f"{rate:,.0f} reviews/s ({len(answers) / cpu:,.0f} per operator CPU-second); p50 {p50:.2f} ms, "
+            f"p99 {p99:.2f} ms; Events created (warm-up + run): {created}",
+            "within 1.2x of allowed; p99 <= 5 ms; <= 2 Events",
+        )
+        if warned:
+            assert created <= 2, f"{created} Events for one warned pod"
+    base_rate, base_cpu = figures[VERDICT_PODS[0][0]]
+    _row(
+        "cost of a review relative to an allowed one (wall-clock throughput; operator CPU)",
+        "; ".join(
+            f"{label.split(' ')[0]} {base_rate / rate:.2f}x, {base_cpu / per_cpu:.2f}x"
+            for label, (rate, per_cpu) in list(figures.items())[1:]
+        ),
+        "<= 1.2x",
     )
 
 
