@@ -6,7 +6,9 @@ etcd writes. So the review never waits on an Event, and most reviews cause no wr
 
 - `about_object` / `about` are synchronous and never raise. A problem already waiting in the queue is
   only counted (a dict lookup); a new one is queued; a full queue drops the occurrence and counts it;
-- one worker task takes problems off the bounded queue, finds the involved object (a pod made by a
+- one worker task takes the whole queue at once, then pauses `linger` (0.1 s) so that repeats
+  gather as counts on the entries of the next round (its cost is per problem and round, not per
+  review). For each problem it finds the involved object (a pod made by a
   controller is reported on its workload: the ReplicaSet's Deployment, the Job's CronJob, read through
   the owner cache; a named bare pod on itself; a pod without a name yet on nothing, since that name
   would never exist), and asks the correlator (core/correlator.py) what to write: create one Event at
@@ -108,6 +110,7 @@ class EventEmitter:
         owner_of: OwnerOf | None = None,
         correlator: Correlator | None = None,
         queue_size: int = 1024,
+        linger: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         instance: str | None = None,
@@ -119,8 +122,11 @@ class EventEmitter:
         self._clock = clock
         self._wall = wall
         self._instance = (instance or socket.gethostname())[:128]
-        self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self.linger = linger
+        # The bounded queue: distinct problems waiting for the worker, each with its count so far.
         self._waiting: dict[tuple[Any, ...], _Waiting] = {}
+        self._arrived = asyncio.Event()
 
     # --- the hot path: synchronous, no I/O, never raises ------------------------------------------
 
@@ -133,29 +139,35 @@ class EventEmitter:
             if subject is None:
                 self.stats["dropped"] += 1
                 return
-            self._offer(_Waiting(None, subject, obj, tuple(messages), component))
+            texts = messages if isinstance(messages, tuple) else tuple(messages)
+            token = (component, subject, texts)
+            waiting = self._waiting.get(token)
+            if waiting is not None:  # the common case of a burst: one dict lookup, one addition
+                waiting.count += 1
+                return
+            self._add(token, _Waiting(None, subject, obj, texts, component))
         except Exception:  # a bug here must not reach the review
             log.exception("event emitter: could not queue an occurrence")
 
     def about(self, involved: Involved, messages: Sequence[str], *, component: str = AUDITOR) -> None:
         """A problem of an object whose identity is known (the auditor's workload)."""
-        subject = (involved.kind, involved.namespace, involved.name, involved.uid, involved.api_version)
         try:
-            self._offer(_Waiting(involved, subject, None, tuple(messages), component))
+            subject = (involved.kind, involved.namespace, involved.name, involved.uid, involved.api_version)
+            token = (component, subject, tuple(messages))
+            waiting = self._waiting.get(token)
+            if waiting is not None:
+                waiting.count += 1
+                return
+            self._add(token, _Waiting(involved, subject, None, token[2], component))
         except Exception:
             log.exception("event emitter: could not queue an occurrence")
 
-    def _offer(self, item: _Waiting) -> None:
-        token = (item.component, item.subject, item.messages)
-        waiting = self._waiting.get(token)
-        if waiting is not None:
-            waiting.count += 1
-            return
-        if self._queue.full():
+    def _add(self, token: tuple[Any, ...], item: _Waiting) -> None:
+        if len(self._waiting) >= self.queue_size:
             self.stats["dropped"] += 1
             return
         self._waiting[token] = item
-        self._queue.put_nowait(token)
+        self._arrived.set()
 
     def queued(self) -> int:
         """Distinct problems waiting for the worker (never more than the queue size)."""
@@ -166,21 +178,16 @@ class EventEmitter:
     async def run(self, stop: asyncio.Event) -> None:
         """Write Events until `stop` is set; then carry the last counts and return."""
         while not stop.is_set():
-            wait = self.correlator.next_due(self._clock())
-            token: tuple[Any, ...] | None = None
-            getter = asyncio.ensure_future(self._queue.get())
-            stopper = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait({getter, stopper}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopper.cancel()
-                if getter.done() and not getter.cancelled():
-                    token = getter.result()
-                else:
-                    getter.cancel()
-            if token is not None:
-                await self._guarded(self._handle(token))
+            if not self._waiting:
+                await _first_of(stop, self._arrived, within=self.correlator.next_due(self._clock()))
+            batch, self._waiting = self._waiting, {}
+            self._arrived.clear()
+            for item in batch.values():
+                await self._guarded(self._handle(item))
             await self._guarded(self._flush())
+            # Repeats of the problems just handled gather in `_waiting` meanwhile (a count on one
+            # entry): the worker's cost is per problem and pause, not per review.
+            await _first_of(stop, within=self.linger)
         await self._guarded(self._flush(final=True))
 
     async def _guarded(self, work: Awaitable[None]) -> None:
@@ -189,8 +196,7 @@ class EventEmitter:
         except Exception:  # the worker outlives any one bad Event
             log.exception("event emitter: unexpected error")
 
-    async def _handle(self, token: tuple[Any, ...]) -> None:
-        item = self._waiting.pop(token)
+    async def _handle(self, item: _Waiting) -> None:
         involved = item.involved or await self._involved(item)
         message = clip("; ".join(item.messages), _MESSAGE_RUNES)
         key = EventKey(involved, REASON, message, item.component)
@@ -273,6 +279,16 @@ class EventEmitter:
                 log.debug("event emitter: cannot update Event %s/%s: %s", obj.namespace, update.name, e)
                 continue
             self.correlator.sent(update.key, update.count)
+
+
+async def _first_of(*events: asyncio.Event, within: float | None) -> None:
+    """Return when one of `events` is set or after `within` seconds (None: no limit)."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def _quote(segment: str) -> str:
