@@ -468,6 +468,19 @@ VERDICT_PODS = (
 )
 
 
+def _added(total: Scrape, before: Scrape, after: Scrape) -> Scrape:
+    """`total` plus what the operator's histogram gained between `before` and `after`."""
+    buckets = {
+        le: total.buckets.get(le, 0.0) + n - before.buckets.get(le, 0.0) for le, n in after.buckets.items()
+    }
+    return Scrape(
+        buckets,
+        total.duration_sum + after.duration_sum - before.duration_sum,
+        total.duration_count + after.duration_count - before.duration_count,
+        total.registry_requests + after.registry_requests - before.registry_requests,
+    )
+
+
 def _events_in(cluster: Cluster, namespace: str) -> int:
     core: Any = client.CoreV1Api(cluster.admin)
     return sum(1 for e in core.list_namespaced_event(namespace).items if e.reason == "ImageArchMismatch")
@@ -499,16 +512,18 @@ async def test_warned_and_denied_reviews_cost_what_allowed_ones_cost(rig: Rig) -
     # work does not land on one verdict only. Each pod gets `seconds` in all.
     totals = {i: {"answers": 0, "wall": 0.0, "cpu": 0.0} for i in range(len(VERDICT_PODS))}
     latencies: dict[int, list[float]] = {i: [] for i in totals}
+    served = {i: Scrape({}, 0.0, 0.0, 0.0) for i in totals}  # the operator's own histogram, summed
     for round_ in range(VERDICT_ROUNDS):
         order = [(round_ + k) % len(VERDICT_PODS) for k in range(len(VERDICT_PODS))]
         for i in order:
             _label, _names, _selector, (allowed, warned) = VERDICT_PODS[i]
             uids, bodies = review_bodies(objects[i], count)
-            cpu_before = _cpu_seconds(rig.pid)
+            before, cpu_before = scrape(rig.operator), _cpu_seconds(rig.pid)
             answers, wall = await post_all(
                 rig.review_url, rig.tls, bodies, concurrency=concurrency, max_seconds=seconds / VERDICT_ROUNDS
             )
             totals[i]["cpu"] += _cpu_seconds(rig.pid) - cpu_before
+            served[i] = _added(served[i], before, scrape(rig.operator))
             totals[i]["wall"] += wall
             totals[i]["answers"] += len(answers)
             latencies[i].extend(a.seconds for a in answers)
@@ -528,6 +543,7 @@ async def test_warned_and_denied_reviews_cost_what_allowed_ones_cost(rig: Rig) -
             f"p99 {p99:.2f} ms" + (f"; Events created: {created}" if warned else ""),
             "within 1.2x of allowed; p99 <= 5 ms" + ("; <= 2 Events" if warned else ""),
         )
+        _row(f"{label}: operator's histogram", histogram_view(Scrape({}, 0.0, 0.0, 0.0), served[i]), "-")
     # Only the warned pod can make Events (the denied one is refused, the allowed one has no problem).
     assert created <= 2, f"{created} Events for one warned pod"
     base_rate, base_cpu = figures[VERDICT_PODS[0][0]]
