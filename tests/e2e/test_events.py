@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import ssl
 import uuid
@@ -24,6 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import Seeded
 from tests.harness.cluster import Cluster
@@ -289,6 +291,7 @@ def test_a_pod_without_a_name_or_owner_gets_no_event(
 # --- an apiserver that refuses Event writes ---------------------------------------------------------
 
 NO_EVENTS_SA = "archaudit-no-events"
+EVENT_WRITER = "archaudit-no-events-writer"  # the grant the test removes
 # What the operator reads and writes with the auditor off, Events readable but never writable.
 NO_EVENTS_RULES = [
     {
@@ -317,18 +320,20 @@ NO_EVENTS_RULES = [
 def refused(
     cluster: Cluster, plain_registry: Seeded, operator: Operator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
-    """An operator whose ServiceAccount may not create or patch Events."""
+    """An operator whose ServiceAccount may write Events through `EVENT_WRITER` until a test removes it."""
     rbac = client.RbacAuthorizationV1Api(cluster.admin)
     core = client.CoreV1Api(cluster.admin)
     core.create_namespaced_service_account(NAMESPACE, {"metadata": {"name": NO_EVENTS_SA}})
-    rbac.create_cluster_role({"metadata": {"name": NO_EVENTS_SA}, "rules": NO_EVENTS_RULES})
-    rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": NO_EVENTS_SA},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NO_EVENTS_SA},
-            "subjects": [{"kind": "ServiceAccount", "name": NO_EVENTS_SA, "namespace": NAMESPACE}],
-        }
-    )
+    writer_rules = [{"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}]
+    for name, rules in ((NO_EVENTS_SA, NO_EVENTS_RULES), (EVENT_WRITER, writer_rules)):
+        rbac.create_cluster_role({"metadata": {"name": name}, "rules": rules})
+        rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+                "subjects": [{"kind": "ServiceAccount", "name": NO_EVENTS_SA, "namespace": NAMESPACE}],
+            }
+        )
     work = tmp_path_factory.mktemp("archaudit-no-events")
     kubeconfig = service_account_kubeconfig(
         cluster.kubeconfig, namespace=NAMESPACE, name=NO_EVENTS_SA, path=Path(work / "sa.kubeconfig")
@@ -347,29 +352,45 @@ def refused(
         yield op
     finally:
         op.stop()
-        rbac.delete_cluster_role_binding(NO_EVENTS_SA)
-        rbac.delete_cluster_role(NO_EVENTS_SA)
+        for name in (NO_EVENTS_SA, EVENT_WRITER):
+            with contextlib.suppress(ApiException):  # the test may have removed the writer's binding
+                rbac.delete_cluster_role_binding(name)
+            rbac.delete_cluster_role(name)
         core.delete_namespaced_service_account(NO_EVENTS_SA, NAMESPACE)
 
 
 def test_refused_event_writes_never_fail_a_review(
     cluster: Cluster, refused: Operator, tls: ssl.SSLContext, plain_registry: Seeded, namespace: str
 ) -> None:
+    def review(name: str) -> bytes:
+        return review_body(at_risk_pod(plain_registry, namespace, name), str(uuid.uuid4()))
+
+    # With the grant: this operator writes Events like any other.
+    post_reviews(refused, tls, [review("granted")])
+    wait_until(lambda: our_events(cluster, namespace), timeout=30, what="the Event written with the grant")
+
+    client.RbacAuthorizationV1Api(cluster.admin).delete_cluster_role_binding(EVENT_WRITER)
+    probes = iter(range(10_000))
+
+    def refused_now() -> bool:
+        # A new problem each time, so that each probe is a create the apiserver must authorize anew.
+        post_reviews(refused, tls, [review(f"probe-{next(probes)}")])
+        return events_total(refused)["failed"] >= 1
+
+    wait_until(refused_now, timeout=30, interval=0.3, what="the apiserver to refuse Event writes")
+    before = events_total(refused)
+
     # Many distinct problems, so that the emitter keeps trying to create Events and is refused.
-    bodies = [
-        review_body(at_risk_pod(plain_registry, namespace, f"p{i % 100}"), str(uuid.uuid4()))
-        for i in range(2_000)
-    ]
-    answers = post_reviews(refused, tls, bodies)
+    answers = post_reviews(refused, tls, [review(f"burst-{i % 100}") for i in range(2_000)])
     assert all(a["allowed"] and a["warnings"] for a in answers)
     wait_until(
-        lambda: events_total(refused)["failed"] >= 1,
+        lambda: events_total(refused)["failed"] >= before["failed"] + 100,
         timeout=30,
-        what="refused Event writes counted as failed",
+        what="the refused creates of the 100 new problems",
     )
-    counts = events_total(refused)
-    assert counts["emitted"] == 0
-    assert our_events(cluster, namespace) == []
-    # Refused writes spend the same per-object budget as accepted ones: 100 objects, at most one
-    # create each while the bucket refills (it does not in this test's time), never one per review.
-    assert counts["failed"] <= 100 * 25
+    after = events_total(refused)
+    assert after["emitted"] == before["emitted"]
+    assert not [e for e in our_events(cluster, namespace) if e.involved_object.name.startswith("burst-")]
+    # A refused create spends the object's write budget like an accepted one: at most 25 tries per
+    # object while the bucket refills (one per 5 minutes), never one per review.
+    assert after["failed"] - before["failed"] <= 100 * 25
