@@ -263,6 +263,53 @@ def test_an_at_risk_deployment_of_50_replicas_has_its_event_on_the_deployment(
     assert getattr(event, "count", 0) >= 50
 
 
+def test_the_pods_of_a_cronjobs_job_have_their_event_on_the_cronjob(
+    cluster: Cluster, operator: Operator, plain_registry: Seeded, namespace: str
+) -> None:
+    image = plain_registry.samples["amd64-docker"].reference
+    template = {"spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": image}]}}
+    batch = client.BatchV1Api(cluster.admin)
+    # Suspended: the Job below stands for the run the CronJob controller would start every minute.
+    cron = batch.create_namespaced_cron_job(
+        namespace,
+        {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": {"name": "nightly"},
+            "spec": {
+                "schedule": "0 3 * * *",
+                "suspend": True,
+                "jobTemplate": {"spec": {"template": template}},
+            },
+        },
+    )
+    owner = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "name": "nightly",
+        "uid": cron.metadata.uid,
+        "controller": True,
+    }
+    batch.create_namespaced_job(
+        namespace,
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "nightly-29000000", "ownerReferences": [owner]},
+            "spec": {"parallelism": 3, "completions": 3, "template": template},
+        },
+    )
+
+    def pod_event() -> Any:
+        found = [e for e in our_events(cluster, namespace) if "this pod" in e.message]
+        return found[0] if len(found) == 1 else None
+
+    wait_until(pod_event, timeout=60, what="the Event of the Job's pods")
+    events = our_events(cluster, namespace)
+    assert {(e.involved_object.kind, e.involved_object.name) for e in events} == {("CronJob", "nightly")}
+    assert {e.involved_object.uid for e in events} == {cron.metadata.uid}
+
+
 def test_dry_run_reviews_leave_no_event(
     cluster: Cluster, operator: Operator, tls: ssl.SSLContext, plain_registry: Seeded, namespace: str
 ) -> None:
