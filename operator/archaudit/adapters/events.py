@@ -36,6 +36,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from archaudit.adapters.kube import KubeApi
+from archaudit.core import reports
 from archaudit.core.correlator import Correlator, EventKey, Involved, Observed
 from archaudit.core.warnings import clip
 
@@ -43,7 +44,7 @@ __all__ = ["AUDITOR", "REASON", "RESULTS", "WEBHOOK", "EventEmitter", "Involved"
 
 log = logging.getLogger(__name__)
 
-REASON = "ImageArchMismatch"
+REASON = reports.EVENT_REASON  # "ImageArchMismatch": the one reason, named in core
 WEBHOOK = "archaudit.io/webhook"
 AUDITOR = "archaudit.io/auditor"
 RESULTS = ("emitted", "aggregated", "dropped", "failed")
