@@ -19,7 +19,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import socket
 import sys
 import time
 from collections import Counter, OrderedDict
@@ -30,6 +29,7 @@ from typing import Any
 import kopf
 
 from archaudit.adapters.auditstore import AuditStore
+from archaudit.adapters.events import AUDITOR, Involved
 from archaudit.adapters.kube import KubeApi, load_client
 from archaudit.adapters.tagfinder import TagFinder, TagLister
 from archaudit.context import Context
@@ -659,7 +659,7 @@ class Auditor:
                 raise RuntimeError(f"ImageAudit {namespace}/{name} vanished right after its creation")
         self.statuses[(namespace, name)] = audit.status
         if audit.announce:
-            await _announce(store, workload, audit)
+            _announce(ctx, workload, audit)
 
     @staticmethod
     def _size(
@@ -795,32 +795,17 @@ async def _resolve_image(ctx: Context, pod: _Pod | _Template, image: str) -> Res
     return found[image]
 
 
-async def _announce(store: AuditStore, workload: WorkloadRef, audit: reports.Audit) -> None:
-    """A Warning Event on the workload, once per problem (the caller checked `audit.announce`)."""
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    body = {
-        "metadata": {"generateName": f"{workload.name[:200]}.archaudit-", "namespace": workload.namespace},
-        "involvedObject": {
-            "apiVersion": workload.api_version,
-            "kind": workload.kind,
-            "name": workload.name,
-            "namespace": workload.namespace,
-            "uid": workload.uid,
-        },
-        "reason": reports.EVENT_REASON,
-        "type": "Warning",
-        "message": f"{audit.verdict.value}: {audit.message}"[:1024],
-        "source": {"component": "archaudit-auditor"},
-        "reportingComponent": "archaudit.io/auditor",
-        "reportingInstance": socket.gethostname()[:128],
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-    }
-    try:
-        await store.create_event(workload.namespace, body)
-    except Exception as e:  # the report is written; a lost Event must not make us write it again
-        log.warning("could not create an event for %s in %s: %s", workload, workload.namespace, e)
+def _announce(ctx: Context, workload: WorkloadRef, audit: reports.Audit) -> None:
+    """A Warning Event on the workload, once per problem (the caller checked `audit.announce`).
+
+    Handed to the operator's one Event emitter (adapters/events.py), which deduplicates it with the
+    webhook's and never lets a failed write come back here: the report is written either way.
+    """
+    if ctx.events is None:
+        log.debug("no event emitter: %s in %s not announced", workload, workload.namespace)
+        return
+    involved = Involved(workload.api_version, workload.kind, workload.namespace, workload.name, workload.uid)
+    ctx.events.about(involved, [f"{audit.verdict.value}: {audit.message}"], component=AUDITOR)
 
 
 def configure_kopf(settings: kopf.OperatorSettings, audit: AuditSettings | None = None) -> None:

@@ -703,7 +703,7 @@ def test_rbac_is_least_privilege() -> None:
         *{("", "nodes", v) for v in ("get", "list", "watch")},
         *{("", "pods", v) for v in ("get", "list", "watch")},
         *{("", "namespaces", v) for v in ("get", "list", "watch")},
-        *{("", "events", v) for v in ("get", "list", "watch", "create")},
+        *{("", "events", v) for v in ("get", "list", "watch", "create", "patch")},
         *{
             (group, resource, verb)
             for group, resource in [*WORKLOAD_RESOURCES_READ]

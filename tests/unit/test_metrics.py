@@ -38,6 +38,7 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "archaudit_nodes": ("gauge", frozenset({"platform"})),
     "archaudit_runnable_workloads": ("gauge", frozenset({"platform"})),
     "archaudit_runnable_cpu_cores": ("gauge", frozenset({"platform"})),
+    "archaudit_events": ("counter", frozenset({"result"})),
     "archaudit_build_info": ("gauge", frozenset({"version", "python"})),
 }
 
@@ -108,6 +109,7 @@ def feed_everything(s: Server) -> None:
     s.state.full_audit_completed(at=1_700_000_000.0)
     s.state.runnable_workloads = {"linux/amd64": 9, "linux/arm64": 4}
     s.state.runnable_cpu_cores = {"linux/amd64": 3.5, "linux/arm64": 1.25}
+    s.state.events = {"emitted": 1, "aggregated": 41, "dropped": 0, "failed": 0}
 
 
 def label_names(family: Metric) -> frozenset[str]:
@@ -225,6 +227,14 @@ async def test_nodes_can_be_counted_from_the_live_node_map(server: Server) -> No
     assert value((await server.scrape())["archaudit_nodes"], platform="linux/arm64") == 2
     node_platforms.pop()  # a node left
     assert value((await server.scrape())["archaudit_nodes"], platform="linux/arm64") == 1
+
+
+async def test_event_outcomes_are_read_from_the_emitter_at_scrape_time(server: Server) -> None:
+    live = Counter({"emitted": 1, "aggregated": 0})
+    server.state.events_from = lambda: live
+    assert value((await server.scrape())["archaudit_events"], "_total", result="aggregated") == 0
+    live["aggregated"] += 9
+    assert value((await server.scrape())["archaudit_events"], "_total", result="aggregated") == 9
 
 
 async def test_a_broken_live_reader_costs_its_own_series_not_the_scrape(

@@ -408,6 +408,8 @@ EXPECTED_CORE = {
     "mirrors",
     "auth",
     "config",
+    "correlator",
+    "warnings",
 }
 IO_MODULES = {
     "socket",

@@ -146,9 +146,6 @@ class KubeApi:
         )
         return True
 
-    async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
-        await self.request("POST", f"{_core(namespace)}/events", body=body)
-
 
 _WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 

@@ -77,6 +77,7 @@ class Snapshot:
     last_full_audit: float | None = None  # unix time of the last completed full audit
     runnable_workloads: Mapping[str, int] = field(default_factory=dict)  # platform -> workloads (runsOn)
     runnable_cpu_cores: Mapping[str, float] = field(default_factory=dict)  # platform -> requested cores
+    events: Mapping[str, int] = field(default_factory=dict)  # emitted|aggregated|dropped|failed -> n
 
 
 class StateSource(Protocol):
@@ -103,6 +104,9 @@ class MutableState:
     # copying into the dicts above; they win over the dicts when set.
     resolver_cache_from: Callable[[], Mapping[str, tuple[int, int]]] | None = None
     nodes_from: Callable[[], Mapping[str, int]] | None = None
+    # The Event emitter's outcome counts (adapters/events.py `stats`), read live at scrape time.
+    events_from: Callable[[], Mapping[str, int]] | None = None
+    events: dict[str, int] = field(default_factory=dict)
     runtime_mismatches: dict[str, int] = field(default_factory=dict)
     last_full_audit: float | None = None
     # readiness, per target platform (the auditor replaces both after each pass)
@@ -129,6 +133,7 @@ class MutableState:
             last_full_audit=self.last_full_audit,
             runnable_workloads=dict(self.runnable_workloads),
             runnable_cpu_cores=dict(self.runnable_cpu_cores),
+            events=_read(self.events_from, self.events),
         )
 
 
@@ -227,6 +232,17 @@ class StateCollector(Collector):
         for namespace, n in sorted(snap.runtime_mismatches.items()):
             mismatches.add_metric([namespace], n)
         yield mismatches
+
+        events = CounterMetricFamily(
+            f"{PREFIX}_events",
+            "Occurrences of ImageArchMismatch problems by what became of them: emitted (a new Event), "
+            "aggregated (counted on an existing Event), dropped (queue full, rate limit, no object name), "
+            "failed (the apiserver refused or did not answer a write).",
+            labels=["result"],
+        )
+        for result, n in sorted(snap.events.items()):
+            events.add_metric([result], n)
+        yield events
 
         last_audit = GaugeMetricFamily(
             f"{PREFIX}_last_full_audit_timestamp_seconds",
