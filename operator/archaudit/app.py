@@ -16,9 +16,10 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,48 @@ def _cluster_keyring(settings: config.Settings) -> Keyring:
     return keyring_from_docker_config(Path(path).read_bytes())
 
 
+class Backoffs:
+    """Delays between retries of kopf's API requests, its watches included: capped, with jitter.
+
+    kopf retries every request on its own schedule, 1, 1, 2, 3, 5, 8, 13 and 21 s, and a watch
+    reconnects on it too. After kube-apiserver restarts (k3s does on every upgrade and reboot), a watch
+    waits for its next step, up to 21 s; the attempts that meet the apiserver half-started (403 while
+    its RBAC cache fills, 429 while the watch cache initialises) push it into those long steps; and once
+    the schedule is used up by such errors, kopf's watcher task ends for good. Here: short steps capped
+    at `cap`, each between half and all of its nominal length (so the replicas' watches do not knock
+    on a recovering apiserver in lockstep), and enough of them to outlast any restart.
+    A fresh iteration per request (kopf iterates it anew for each one); `len()` is kopf's "#n/N".
+    """
+
+    def __init__(
+        self,
+        *,
+        first: float = 0.5,
+        cap: float = 4.0,
+        attempts: int = 90,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.first, self.cap, self.attempts, self.rng = first, cap, attempts, rng
+
+    def __iter__(self) -> Iterator[float]:
+        for i in range(self.attempts):
+            yield min(self.cap, self.first * 2**i) * (0.5 + self.rng() / 2)
+
+    def __len__(self) -> int:
+        return self.attempts
+
+
+def configure_watches(settings: kopf.OperatorSettings) -> None:
+    """kopf's networking for watches that come back within seconds of the apiserver (issue 16)."""
+    settings.networking.request_timeout = 30
+    settings.networking.error_backoffs = Backoffs()
+    # A TCP + TLS handshake with the apiserver takes milliseconds; one that hangs (a half-started or
+    # overloaded apiserver) is abandoned after this and retried, instead of after request_timeout.
+    settings.networking.connect_timeout = 5
+    settings.watching.connect_timeout = 5
+    settings.watching.server_timeout = 300
+
+
 def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     settings = rt.settings
@@ -198,8 +241,7 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False  # we write our own Events, deliberately and deduplicated
-        settings.networking.request_timeout = 30
-        settings.watching.server_timeout = 300
+        configure_watches(settings)
         rt.server = settings.admission.server = await _webhook_server(rt)
         ctx.nodes.replace_all(await rt.api.list_nodes())
         ctx.namespaces.update(

@@ -197,3 +197,26 @@ def test_the_operator_runs_on_uvloop_where_it_is_installed() -> None:
     # pyproject installs uvloop everywhere but 32-bit ARM; there, asyncio's loop is the fallback.
     uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed on this platform (32-bit ARM)")
     assert app.event_loop_runner() is uvloop.run
+
+
+def test_watch_retries_are_short_capped_jittered_and_outlast_a_restart() -> None:
+    # The schedule kopf's watches reconnect on after the apiserver went away (issue 16).
+    low = list(app.Backoffs(rng=lambda: 0.0))
+    high = list(app.Backoffs(rng=lambda: 1.0))
+    assert len(app.Backoffs()) == len(low) == len(high)
+    assert high[:4] == [0.5, 1.0, 2.0, 4.0]
+    assert max(high) == 4.0  # never the 13 s or 21 s steps
+    assert low[:4] == [0.25, 0.5, 1.0, 2.0]  # jitter: between half and all of each step
+    assert sum(low) > 120  # still retrying minutes later: kopf's watcher must not give up and die
+    fresh = app.Backoffs()
+    assert list(fresh) != list(fresh)  # a new draw for every request, not one shared sequence
+
+
+def test_kopf_settings_for_watches() -> None:
+    import kopf
+
+    settings = kopf.OperatorSettings()
+    app.configure_watches(settings)
+    assert isinstance(settings.networking.error_backoffs, app.Backoffs)
+    assert settings.watching.connect_timeout == settings.networking.connect_timeout == 5
+    assert settings.watching.server_timeout == 300
