@@ -32,7 +32,7 @@ from archaudit.context import Context, NodeMap
 from archaudit.core import config
 from archaudit.core.credentials import Keyring, keyring_from_docker_config
 
-__all__ = ["build_parser", "main", "settings_from_args"]
+__all__ = ["build_parser", "main", "resync_cluster_state", "settings_from_args"]
 
 log = logging.getLogger("archaudit")
 
@@ -170,12 +170,23 @@ class Runtime:
     admission: webhook.Admission | None = None
 
     def ready(self) -> bool:
-        return (
+        """Ready to be sent admission traffic; raises with the reason (the 503's text) when stale.
+
+        Not ready while the node map and namespace labels are unconfirmed past
+        `cluster.state_stale_seconds`: a replica that lost the apiserver must not keep deciding on what
+        it last knew (the apiserver's Service routes to the replicas that are ready, or fails open).
+        """
+        if not (
             self.ctx.nodes.filled.is_set()
             and self.ctx.certificate_loaded.is_set()
             and self.server is not None
             and self.server.listening.is_set()
-        )
+        ):
+            return False
+        problem = self.ctx.freshness.problem()
+        if problem:
+            raise RuntimeError(problem)
+        return True
 
 
 def _cluster_keyring(settings: config.Settings) -> Keyring:
@@ -251,6 +262,8 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
             }
         )
         ctx.namespaces_filled.set()
+        ctx.freshness.confirm()
+        rt.tasks.append(asyncio.create_task(_keep_cluster_state(rt), name="cluster-state"))
         rt.tasks.append(asyncio.create_task(rt.elector.run(rt.stop), name="leader-election"))
         log.info(
             "archaudit %s started: %d nodes, mode %s, event loop %s",
@@ -285,14 +298,19 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         name = obj.get("metadata", {}).get("name")
         if not name:
             return
+        labels = obj.get("metadata", {}).get("labels") or {}
         if event.get("type") == "DELETED":
-            ctx.namespaces.pop(name, None)
-        else:
-            ctx.namespaces[name] = obj.get("metadata", {}).get("labels") or {}
+            if ctx.namespaces.pop(name, None) is not None:
+                ctx.namespaces_version += 1
+        elif ctx.namespaces.get(name) != labels:
+            ctx.namespaces[name] = labels
+            ctx.namespaces_version += 1
 
     def on_review(kind: str, operation: str, outcome: webhook.ReviewOutcome, seconds: float) -> None:
         decision = "error" if seconds < 0 else outcome.label
         rt.metrics.observe_admission(kind, operation, outcome.mode.value, decision, max(seconds, 0.0))
+        if not ctx.freshness.confirming:
+            rt.metrics.observe_stale_review()
 
     def on_warning_event(obj: Mapping[str, Any], outcome: webhook.ReviewOutcome) -> None:
         task = asyncio.create_task(_admission_event(rt.api, obj, outcome))
@@ -374,6 +392,51 @@ async def _webhook_server(rt: Runtime) -> WebhookServer:
     )
 
 
+async def resync_cluster_state(api: kube.KubeApi, ctx: Context) -> bool:
+    """Re-list nodes and namespaces; repair the maps the watches keep if they differ; True if listed.
+
+    The watches keep both maps current within milliseconds while they run. This is for when they do
+    not: after a kube-apiserver restart or a 410 Gone, kopf relists, and a deletion made meanwhile never
+    arrives as an event; a watch kopf gave up on never delivers again. The lists are plain
+    (consistent) reads, served from the apiserver's watch cache on Kubernetes >= 1.31.
+    """
+    nodes_before, namespaces_before = ctx.nodes.version, ctx.namespaces_version
+    try:
+        nodes = (await api.request("GET", "/api/v1/nodes"))["items"]
+        namespaces = (await api.request("GET", "/api/v1/namespaces"))["items"]
+    except Exception as e:
+        if ctx.freshness.confirming:
+            log.warning("cannot confirm nodes and namespaces with the apiserver: %s", e)
+        ctx.freshness.fail(str(e)[:300])
+        return False
+    # A watch event applied while the lists were in flight is newer than they are: keep it (the next
+    # round compares again). Otherwise the lists are the truth.
+    if ctx.nodes.version == nodes_before:
+        ctx.nodes.replace_all(nodes)
+        if ctx.nodes.version != nodes_before:
+            log.warning("node map differed from the apiserver (a watch missed events); repaired")
+    if ctx.namespaces_version == namespaces_before:
+        fresh = {ns["metadata"]["name"]: ns["metadata"].get("labels") or {} for ns in namespaces}
+        if fresh != ctx.namespaces:
+            log.warning("namespace labels differed from the apiserver (a watch missed events); repaired")
+            ctx.namespaces.clear()
+            ctx.namespaces.update(fresh)
+            ctx.namespaces_version += 1
+    if not ctx.freshness.confirming:
+        log.info("nodes and namespaces confirmed with the apiserver again")
+    ctx.freshness.confirm()
+    return True
+
+
+async def _keep_cluster_state(rt: Runtime) -> None:
+    every = rt.settings.cluster.state_resync_seconds
+    while not rt.stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rt.stop.wait(), timeout=every)
+        if not rt.stop.is_set():
+            await resync_cluster_state(rt.api, rt.ctx)
+
+
 async def _keep_ca_bundle(rt: Runtime, material: certs.TLSMaterial) -> None:
     """Patch our caBundle into the webhook configuration, and again whenever someone resets it."""
     name = rt.settings.webhook.configuration_name
@@ -423,6 +486,7 @@ async def run(settings: config.Settings, *, kubeconfig: str | None = None) -> No
         is_leader=elector.is_leader,
         api=api,
     )
+    state.cluster_state_age_from = ctx.freshness.age
     rt = Runtime(settings=settings, api=api, ctx=ctx, metrics=exported, elector=elector, stop=stop)
     registry = build_registry(rt)
     runner = await metrics.start_metrics_server(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Outcome", "PodLoad", "ReviewCase", "ReviewLoad", "rss_kib"]
+__all__ = ["Figures", "Outcome", "PodLoad", "ReadyzProbe", "ReviewCase", "ReviewLoad", "rss_kib"]
 
 
 @dataclass(frozen=True)
@@ -169,6 +169,25 @@ class PodLoad(_Stream):
         with self._lock:
             self.created.append(name)
         return Outcome(started, time.monotonic() - started, ok=True)
+
+
+class ReadyzProbe(_Stream):
+    """/readyz polled as a kubelet would (more often): `ok` is a 200, `detail` the 503's reason."""
+
+    def __init__(self, metrics_url: str, *, rate: float = 4.0) -> None:
+        super().__init__("readyz-probe", rate)
+        self.url = f"{metrics_url}/readyz"
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def once(self) -> Outcome:
+        started = time.monotonic()
+        try:
+            with self._opener.open(self.url, timeout=5) as resp:
+                return Outcome(started, time.monotonic() - started, ok=resp.status == 200)
+        except urllib.error.HTTPError as e:
+            return Outcome(started, time.monotonic() - started, ok=False, detail=e.read().decode()[:300])
+        except OSError as e:
+            return Outcome(started, time.monotonic() - started, ok=False, detail=repr(e))
 
 
 def rss_kib(pid: int) -> int:

@@ -5,8 +5,11 @@ this asserts, per restart:
 - the webhook keeps answering direct reviews during the gap, in time and with no wrong verdict;
 - within RECOVERY_SECONDS of the apiserver being ready again the operator's state is exact: a node
   added after the restart is in the node map, a namespace created after it is judged by its labels, and
-  a Deployment created after it gets its ImageAudit (the auditor's pod watch is back);
-- no duplicate Event: every incompatible Deployment has exactly one ImageArchMismatch Event.
+  a pod created after it gets its ImageAudit (the auditor's pod watch is back);
+- no duplicate Event: every incompatible pod has one ImageArchMismatch Event from the auditor;
+- readiness is honest: /readyz fails once the node map and namespace labels are unconfirmed for
+  longer than the bound (the operator runs with a short one here), and is back with the apiserver;
+  the reviews answered meanwhile are counted as answered on stale state.
 The short case (one restart) runs in `make test`; the long one (three restarts, gaps of 20, 5 and 30 s,
 as seen on `make demo`) in `make faults`.
 """
@@ -27,9 +30,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import Seeded
-from tests.faults.load import Figures, PodLoad, ReviewCase, ReviewLoad, rss_kib
+from tests.faults.load import Figures, PodLoad, ReadyzProbe, ReviewCase, ReviewLoad, rss_kib
 from tests.harness.cluster import Cluster, FakeNode
-from tests.harness.kube import create_namespace, deployment_manifest, pod_manifest
+from tests.harness.kube import create_namespace, pod_manifest
 from tests.harness.operator import (
     NAMESPACE,
     Operator,
@@ -40,6 +43,8 @@ from tests.harness.operator import (
 )
 from tests.harness.procs import wait_until
 
+STATE_RESYNC_SECONDS = 2.0
+STATE_STALE_SECONDS = 6.0
 RECOVERY_SECONDS = 30.0  # the promise: state exact this long after the apiserver is ready again
 REVIEW_DEADLINE = 5.0  # the apiserver's timeoutSeconds: an answer later than this is as good as none
 START_WAIT = 120.0
@@ -78,6 +83,8 @@ def setup(
             # watches resuming, not from a full pass that lists everything anew.
             "ARCHAUDIT_AUDIT_RESYNC_SECONDS": "3600",
             "ARCHAUDIT_AUDIT_DEBOUNCE_SECONDS": "0.2",
+            "ARCHAUDIT_CLUSTER_STATE_RESYNC_SECONDS": str(STATE_RESYNC_SECONDS),
+            "ARCHAUDIT_CLUSTER_STATE_STALE_SECONDS": str(STATE_STALE_SECONDS),
         },
     )
     # Registered before the operator starts, so its start-up patch of the caBundle applies at once.
@@ -117,6 +124,13 @@ def _nodes_known(op: Operator) -> int:
     return int(total)
 
 
+def _metric(op: Operator, name: str) -> float:
+    for line in op.metrics().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not exported")
+
+
 def _report(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
     try:
         found = client.CustomObjectsApi(cluster.admin).get_namespaced_custom_object(
@@ -130,16 +144,16 @@ def _report(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | Non
 
 
 def _mismatch_events(cluster: Cluster, namespace: str, name: str) -> dict[str, int]:
-    """ImageArchMismatch Events on Deployment `name` by reporting component, with their repeat counts.
+    """ImageArchMismatch Events on Pod `name` by reporting component, with their repeat counts.
 
-    The webhook announces a warned workload at admission, the auditor an Incompatible report: one each.
+    The webhook announces a warned pod at admission, the auditor an Incompatible report: one each.
     """
     events = client.CoreV1Api(cluster.admin).list_namespaced_event(namespace).items
     counts: dict[str, int] = {}
     for e in events:
         if (
             e.reason == "ImageArchMismatch"
-            and e.involved_object.kind == "Deployment"
+            and e.involved_object.kind == "Pod"
             and e.involved_object.name == name
         ):
             component = e.reporting_component or (e.source.component if e.source else "") or "?"
@@ -159,14 +173,18 @@ def _ca_file(op: Operator) -> Path:
 
 
 def _incompatible(s: Setup, name: str) -> None:
-    """A Deployment whose pod runs (warn mode) where its image cannot: an Incompatible report + 1 Event."""
-    apps = client.AppsV1Api(s.cluster.admin)
-    apps.create_namespaced_deployment(
-        s.warn_ns, deployment_manifest(name, image=s.amd64_only, replicas=1, node_selector=ARM64)
-    )
+    """A pod that runs (warn mode) where its image cannot: an Incompatible report and one Event.
+
+    A bare pod, not a Deployment: its report then depends on archaudit alone, not also on the
+    controller manager catching up after the restart.
+    """
+    pod = pod_manifest(name, image=s.amd64_only, node_selector=ARM64)
+    client.CoreV1Api(s.cluster.admin).create_namespaced_pod(s.warn_ns, pod)
 
 
-def _cycle(s: Setup, case: str, i: int, gap: float, baseline: int, reviews: ReviewLoad) -> dict[str, Any]:
+def _cycle(
+    s: Setup, case: str, i: int, gap: float, baseline: int, reviews: ReviewLoad, readyz: ReadyzProbe
+) -> dict[str, Any]:
     """One SIGKILL + restart of kube-apiserver; returns the cycle's figures."""
     c = s.cluster
     killed = time.monotonic()
@@ -182,11 +200,8 @@ def _cycle(s: Setup, case: str, i: int, gap: float, baseline: int, reviews: Revi
     client.CoreV1Api(c.admin).create_namespace(
         {"metadata": {"name": new_ns, "labels": {"archaudit.io/mode": "warn"}}}
     )
-    _incompatible(s, f"{case}-{i}")  # counted in Events at the end; its pod waits on the controllers
-    # A bare pod times the auditor's pod watch alone (a Deployment's pod waits on the controller manager
-    # reconnecting too).
-    probe = f"{case}-probe-{i}"
-    client.CoreV1Api(c.admin).create_namespaced_pod(s.warn_ns, pod_manifest(probe, image=s.multiarch))
+    probe = f"{case}-{i}"
+    _incompatible(s, probe)  # its report times the auditor's pod watch; its Events are counted at the end
     expected_nodes = baseline + i + 1
     denied_pod = pod_manifest(f"probe-{i}", image=s.amd64_only, node_selector=ARM64)
     seen: dict[str, float] = {}
@@ -208,7 +223,20 @@ def _cycle(s: Setup, case: str, i: int, gap: float, baseline: int, reviews: Revi
             f"{RECOVERY_SECONDS:.0f}s after restart {i} only these had caught up (s after ready): {seen}"
             f"\n{s.op.tail()}"
         ) from e
+    wait_until(
+        lambda: readyz.between(ready) and readyz.between(ready)[-1].ok,
+        timeout=RECOVERY_SECONDS,
+        what=f"/readyz to answer 200 after restart {i}",
+    )
+    probes = readyz.between(killed)
+    not_ready = [p for p in probes if not p.ok and p.at < ready]
+    back = next(p.at for p in probes if p.at >= ready and p.ok)
+    if ready - killed > STATE_STALE_SECONDS + STATE_RESYNC_SECONDS + 2:
+        # Unconfirmed for longer than the bound: the probe must have said so, with the reason.
+        assert not_ready, f"/readyz stayed 200 through a {ready - killed:.0f}s outage"
+        assert any("not confirmed" in p.detail for p in not_ready), not_ready[:3]
     gap_figures = reviews.figures(REVIEW_DEADLINE, killed, ready)
+    seen["readyz"] = back - ready
     return {
         "gap_s": round(ready - killed, 1),
         "recovery_s": round(max(seen.values()), 1),
@@ -222,9 +250,7 @@ def _run(s: Setup, gaps: list[float], case: str) -> None:
     assert s.op.service.proc is not None
     pid = s.op.service.proc.pid
     _incompatible(s, f"{case}-before")
-    wait_until(
-        lambda: _report(c, s.warn_ns, f"deployment-{case}-before"), timeout=60, what="the first report"
-    )
+    wait_until(lambda: _report(c, s.warn_ns, f"pod-{case}-before"), timeout=60, what="the first report")
     baseline = _nodes_known(s.op)
     cases = [
         ReviewCase(
@@ -239,22 +265,25 @@ def _run(s: Setup, gaps: list[float], case: str) -> None:
 
     rss_before = rss_kib(pid)
     reviews = ReviewLoad(s.op.url, _ca_file(s.op), cases, rate=5).start()
+    readyz = ReadyzProbe(s.op.metrics_url).start()
     pods = PodLoad(create, rate=2).start()
     started = time.monotonic()
     cycles = []
     try:
         for i, gap in enumerate(gaps):
-            cycles.append(_cycle(s, case, i, gap, baseline, reviews))
+            cycles.append(_cycle(s, case, i, gap, baseline, reviews, readyz))
     finally:
         pods.stop()
         reviews.stop()
+        readyz.stop()
+    stale_reviews = _metric(s.op, "archaudit_admission_reviews_stale_state_total")
     rss_after = rss_kib(pid)
     names = [f"{case}-before", *(f"{case}-{i}" for i in range(len(gaps)))]
-    for name in names:  # the Deployments made after a restart wait on the controller manager too
+    for name in names:
         wait_until(
             lambda n=name: _mismatch_events(c, s.warn_ns, n).get("archaudit.io/auditor"),  # type: ignore[misc]
             timeout=90,
-            what=f"the auditor's Event on Deployment {name}",
+            what=f"the auditor's Event on Pod {name}",
         )
     events = {name: _mismatch_events(c, s.warn_ns, name) for name in names}
     total = reviews.figures(REVIEW_DEADLINE, started)
@@ -266,6 +295,7 @@ def _run(s: Setup, gaps: list[float], case: str) -> None:
             "pods_created": len(pods.created),
             "pod_creates_failed": sum(not o.ok for o in pods.outcomes),
             "events": events,
+            "reviews_counted_on_stale_state": stale_reviews,
             "rss_kib_before": rss_before,
             "rss_kib_after": rss_after,
         },
@@ -274,7 +304,8 @@ def _run(s: Setup, gaps: list[float], case: str) -> None:
     assert total["failed"] == 0, [o.detail for o in reviews.outcomes if not o.ok][:5]
     assert total["wrong"] == 0, [o.detail for o in reviews.outcomes if o.wrong][:5]
     assert total["over_deadline"] == 0, max(o.seconds for o in reviews.outcomes)
-    # Every incompatible Deployment is announced once by the auditor, and at most once at admission,
+    assert stale_reviews > 0  # the reviews answered during the outage said so in the metrics
+    # Every incompatible pod is announced once by the auditor, and at most once at admission,
     # even though each restart relists it.
     for name, by_component in events.items():
         assert by_component.get("archaudit.io/auditor") == 1, (name, by_component)

@@ -220,3 +220,97 @@ def test_kopf_settings_for_watches() -> None:
     assert isinstance(settings.networking.error_backoffs, app.Backoffs)
     assert settings.watching.connect_timeout == settings.networking.connect_timeout == 5
     assert settings.watching.server_timeout == 300
+
+
+# --- the node map and namespace labels, confirmed against the apiserver (issue 16) ----------------
+
+
+class FakeLister:
+    """The two lists `resync_cluster_state` asks for; `during` runs while a list is "in flight"."""
+
+    def __init__(self, nodes: list[dict[str, Any]], namespaces: list[dict[str, Any]]) -> None:
+        self.items = {"/api/v1/nodes": nodes, "/api/v1/namespaces": namespaces}
+        self.down = False
+        self.during: Any = None
+
+    async def request(self, method: str, path: str, **_: Any) -> Any:
+        if self.down:
+            raise ConnectionRefusedError("connect call failed ('127.0.0.1', 6443)")
+        if self.during is not None:
+            self.during()
+        return {"items": self.items[path]}
+
+
+def _node(name: str, arch: str = "arm64") -> dict[str, Any]:
+    from tests.harness.cluster import FakeNode
+
+    return FakeNode(name, arch).manifest("v1.36.3")
+
+
+def _namespace(name: str, **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels}}
+
+
+def _context() -> Any:
+    from archaudit.context import Context, NodeMap
+
+    return Context(settings=config.Settings(), resolver=None, nodes=NodeMap(), credentials=None, metrics=None)  # type: ignore[arg-type]
+
+
+async def test_resync_repairs_what_the_watches_missed_and_confirms() -> None:
+    ctx = _context()
+    ctx.nodes.replace_all([_node("gone"), _node("kept")])
+    ctx.namespaces.update({"old": {}, "shop": {"archaudit.io/mode": "enforce"}})
+    lister = FakeLister(
+        [_node("kept"), _node("new", "amd64")], [_namespace("shop", **{"archaudit.io/mode": "warn"})]
+    )
+    assert await app.resync_cluster_state(lister, ctx)  # type: ignore[arg-type]
+    assert sorted(n.name for n in ctx.nodes.all()) == ["kept", "new"]  # a deletion no event announced
+    assert ctx.namespaces == {"shop": {"archaudit.io/mode": "warn"}}
+    assert ctx.freshness.confirming
+    assert ctx.freshness.problem() is None
+
+
+async def test_resync_never_undoes_a_watch_event_newer_than_its_lists() -> None:
+    ctx = _context()
+    ctx.nodes.replace_all([_node("a")])
+    lister = FakeLister([_node("a")], [])
+    # The node watch delivers "b" while the lists are in flight: the older list must not remove it.
+    lister.during = lambda: ctx.nodes.upsert(_node("b"))
+    assert await app.resync_cluster_state(lister, ctx)  # type: ignore[arg-type]
+    assert ctx.nodes.get("b") is not None
+
+
+async def test_readiness_tells_the_truth_when_the_apiserver_is_gone() -> None:
+    from archaudit.context import StateFreshness
+
+    now = [1000.0]
+    ctx = _context()
+    ctx.freshness = StateFreshness(stale_after=30, clock=lambda: now[0])
+    ctx.nodes.replace_all([_node("a")])
+    ctx.certificate_loaded.set()
+    server = app.WebhookServer(admit=lambda *a: None, addr="127.0.0.1", port=0, path="/validate")  # type: ignore[arg-type, return-value]
+    server.listening.set()
+    rt = app.Runtime(
+        settings=ctx.settings,
+        api=None,
+        ctx=ctx,
+        metrics=None,
+        elector=None,
+        stop=asyncio.Event(),
+        server=server,
+    )  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="not listed yet"):
+        rt.ready()
+    ctx.freshness.confirm()
+    assert rt.ready()
+    lister = FakeLister([], [])
+    lister.down = True
+    assert not await app.resync_cluster_state(lister, ctx)  # type: ignore[arg-type]
+    assert not ctx.freshness.confirming  # reviews from now on are counted as answered on stale state
+    now[0] += 29
+    assert rt.ready()  # within the bound: still deciding on what it last knew
+    now[0] += 2
+    with pytest.raises(RuntimeError, match=r"not confirmed for 31s \(bound 30s\): .*connect call failed"):
+        rt.ready()
+    assert len(ctx.nodes) == 1  # what it knew is kept, not dropped

@@ -75,6 +75,7 @@ class Snapshot:
     nodes: Mapping[str, int] = field(default_factory=dict)  # node platform "linux/arm64" -> nodes
     runtime_mismatches: Mapping[str, int] = field(default_factory=dict)  # namespace -> observed so far
     last_full_audit: float | None = None  # unix time of the last completed full audit
+    cluster_state_age: float | None = None  # seconds since nodes/namespaces were confirmed (None: never)
 
 
 class StateSource(Protocol):
@@ -101,6 +102,8 @@ class MutableState:
     # copying into the dicts above; they win over the dicts when set.
     resolver_cache_from: Callable[[], Mapping[str, tuple[int, int]]] | None = None
     nodes_from: Callable[[], Mapping[str, int]] | None = None
+    # Seconds since the node map and namespace labels were last confirmed by a re-list (None: never).
+    cluster_state_age_from: Callable[[], float | None] | None = None
     runtime_mismatches: dict[str, int] = field(default_factory=dict)
     last_full_audit: float | None = None
 
@@ -122,6 +125,7 @@ class MutableState:
             nodes=_read(self.nodes_from, self.nodes),
             runtime_mismatches=dict(self.runtime_mismatches),
             last_full_audit=self.last_full_audit,
+            cluster_state_age=_read_value(self.cluster_state_age_from),
         )
 
 
@@ -137,6 +141,16 @@ def _read(live: Callable[[], Mapping[str, _V]] | None, copy: Mapping[str, _V]) -
         # One broken reader must not fail the whole scrape: that would look like archaudit being down.
         log.exception("metrics: reading live state failed; exporting nothing for it in this scrape")
         return {}
+
+
+def _read_value(live: Callable[[], float | None] | None) -> float | None:
+    if live is None:
+        return None
+    try:
+        return live()
+    except Exception:
+        log.exception("metrics: reading live state failed; exporting nothing for it in this scrape")
+        return None
 
 
 class StateCollector(Collector):
@@ -217,6 +231,15 @@ class StateCollector(Collector):
             last_audit.add_metric([], snap.last_full_audit)
         yield last_audit
 
+        state_age = GaugeMetricFamily(
+            f"{PREFIX}_cluster_state_age_seconds",
+            "Seconds since the node map and namespace labels the webhook decides on were last confirmed "
+            "against the apiserver (absent until the first listing).",
+        )
+        if snap.cluster_state_age is not None:
+            state_age.add_metric([], snap.cluster_state_age)
+        yield state_age
+
 
 def _keyed(counts: Mapping[str, int]) -> list[tuple[tuple[str], int]]:
     return [((key,), n) for key, n in counts.items()]
@@ -295,6 +318,13 @@ class Metrics:
             buckets=ADMISSION_BUCKETS,
             registry=self.registry,
         )
+        self.admission_reviews_stale_state = Counter(
+            "admission_reviews_stale_state",
+            "Admission reviews answered from a node map and namespace labels the last re-list could not "
+            "confirm (the apiserver or the watches were down): what the webhook last knew.",
+            namespace=PREFIX,
+            registry=self.registry,
+        )
         self.registry_requests = Counter(
             "registry_requests",
             'Registry HTTP requests by registry host and status class ("error": no response).',
@@ -327,6 +357,10 @@ class Metrics:
         """One admission review answered; decision is allowed | warned | denied | error."""
         self.admission_reviews.labels(kind=kind, operation=operation, mode=mode, decision=decision).inc()
         self.admission_duration.observe(max(seconds, 0.0))
+
+    def observe_stale_review(self) -> None:
+        """One review answered while the cluster state was unconfirmed (StateFreshness.confirming False)."""
+        self.admission_reviews_stale_state.inc()
 
     def on_request(self, registry: str, method: str, status: int | None, seconds: float) -> None:
         """The registry client finished one HTTP request (status None: connection error or timeout).
