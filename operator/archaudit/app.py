@@ -143,15 +143,63 @@ class WebhookServer(kopf.WebhookServer):
         # aiohttp's default cap is 1 MiB; an UPDATE review carries the object twice, each up to the
         # apiserver's 3 MiB request limit. Refused, it would be admitted unchecked (failurePolicy Ignore).
         request = request.clone(client_max_size=_MAX_REVIEW_BYTES)
-        try:
-            data = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
-            return web.json_response({"error": "the body is not JSON"}, status=400)
+        large = (request.content_length or _MAX_REVIEW_BYTES) > _LARGE_REVIEW_BYTES
+        # Large bodies are read and parsed a few at a time: a flood of 8 MiB reviews is held back by TCP
+        # flow control instead of being buffered all at once.
+        async with _large_reviews() if large else contextlib.nullcontext():
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return _bad_review(f"the body is larger than {_MAX_REVIEW_BYTES} bytes")
+            # 8 MiB of `{},` parses into millions of dicts (hundreds of MiB): no Kubernetes object has
+            # that shape, so it is refused before parsing (bytes.count is a C loop, ~1 ms per MiB).
+            if body.count(b"{") + body.count(b"[") > _MAX_JSON_CONTAINERS:
+                return _bad_review(f"more than {_MAX_JSON_CONTAINERS} JSON objects and arrays")
+            try:
+                data = json.loads(body)
+            except RecursionError:  # JSON nested thousands deep: the parser's recursion limit
+                return _bad_review("the body is nested too deeply")
+            except (ValueError, UnicodeDecodeError):
+                return _bad_review("the body is not JSON")
+            del body
         problem = webhook.malformed(data)
         if problem:
-            return web.json_response({"error": problem}, status=400)
-        answer = await fn(data)
+            return _bad_review(problem)
+        if not isinstance(data["request"]["uid"], str) or len(data["request"]["uid"]) > 256:
+            return _bad_review("request.uid must be a string")  # it is echoed in the answer
+        try:
+            answer = await fn(data)
+        except Exception as e:
+            # A review with the right keys but values of the wrong types (a hostile client; the
+            # apiserver never sends one) must not become a 500: admitted, fail-open, and said why.
+            log.warning("admission review %r could not be judged: %r", data["request"].get("uid"), e)
+            answer = webhook.response(
+                data, allowed=True, warnings=[f"archaudit could not judge this: {e!r}"[:500]]
+            )
         return web.Response(body=json.dumps(answer).encode(), content_type="application/json")
+
+
+_LARGE_REVIEW_BYTES = 1024 * 1024
+_LARGE_REVIEWS_AT_ONCE = 4
+_MAX_JSON_CONTAINERS = 100_000
+_large_gates: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+def _large_reviews() -> asyncio.Semaphore:
+    """The running loop's gate for large review bodies (one per loop: tests run several)."""
+    loop = asyncio.get_running_loop()
+    gate = _large_gates.get(loop)
+    if gate is None:
+        for old in [known for known in _large_gates if known.is_closed()]:
+            del _large_gates[old]
+        gate = _large_gates[loop] = asyncio.Semaphore(_LARGE_REVIEWS_AT_ONCE)
+    return gate
+
+
+def _bad_review(reason: str) -> Any:
+    from aiohttp import web
+
+    return web.json_response({"error": reason}, status=400)
 
 
 # --- the operator ---------------------------------------------------------------------------------

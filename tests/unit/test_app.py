@@ -107,6 +107,12 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("bad resource", json.dumps(review(resource="pods")).encode(), "request.resource"),
     ("no object", json.dumps(review(object=None)).encode(), "request.object is missing"),
     ("binary", bytes(range(256)), "not JSON"),
+    # Hostile bodies (issue 16): a parser's recursion, a shape that explodes in memory, a uid we echo.
+    ("nested 50,000 deep", b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
+    ("nested objects", b'{"a":' * 50_000 + b"1" + b"}" * 50_000, "nested too deeply"),
+    ("millions of objects", b"[" + b"{}," * 2_000_000 + b"{}]", "JSON objects and arrays"),
+    ("uid not a string", json.dumps(review(uid=[[1]])).encode(), "request.uid must be a string"),
+    ("over 8 MiB", b'{"kind": "AdmissionReview", "x": "' + b"a" * (8 * 1024 * 1024) + b'"}', "larger than"),
 ]
 
 
@@ -119,6 +125,41 @@ async def test_malformed_review_gets_400_with_a_reason(
         assert resp.status == 400, case
         assert expected in (await resp.json())["error"]
     assert seen == []  # never reached the handlers
+
+
+async def test_a_review_the_handler_chokes_on_is_admitted_not_a_500(tmp_path: Path) -> None:
+    # Keys all there, values of the wrong types: whatever breaks inside is answered fail-open.
+    ca = TestCA(tmp_path)
+    pair = ca.issue("webhook")
+
+    async def choke(data: Any, **_: Any) -> Any:
+        return data["request"]["object"]["spec"]["containers"][0]["image"]  # spec is 5: TypeError
+
+    server = app.WebhookServer(
+        admit=choke,
+        addr="127.0.0.1",
+        port=0,
+        path="/validate",
+        certfile=str(pair.cert),
+        pkeyfile=str(pair.key),
+    )
+    gen = server(kopf_engine_never_called)
+    url = (await gen.__anext__())["url"]
+    body = review(object={"kind": "Pod", "metadata": "x", "spec": 5})
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{url}/pods", json=body, ssl=ssl.create_default_context(cafile=str(ca.cert_path))
+            ) as resp,
+        ):
+            assert resp.status == 200
+            answer = (await resp.json())["response"]
+    finally:
+        await gen.aclose()
+    assert answer["allowed"] is True
+    assert answer["uid"] == body["request"]["uid"]
+    assert "could not judge" in answer["warnings"][0]
 
 
 async def test_well_formed_review_reaches_the_handlers(
