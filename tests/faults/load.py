@@ -34,6 +34,7 @@ class Outcome:
     ok: bool  # answered (HTTP 200 AdmissionReview / pod created or refused by a policy)
     wrong: bool = False  # answered, but not what the case expects
     detail: str = ""
+    case: int = -1  # ReviewLoad: index of the ReviewCase this answers
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,8 @@ class ReviewLoad(_Stream):
         )
 
     def once(self) -> Outcome:
-        case = self.cases[self._i % len(self.cases)]
+        index = self._i % len(self.cases)
+        case = self.cases[index]
         self._i += 1
         body = json.dumps(admission_review(case.namespace, case.pod)).encode()
         request = urllib.request.Request(
@@ -140,13 +142,13 @@ class ReviewLoad(_Stream):
             with self._opener.open(request, timeout=10) as resp:
                 answer = json.loads(resp.read())["response"]
         except (OSError, ValueError, KeyError) as e:
-            return Outcome(started, time.monotonic() - started, ok=False, detail=repr(e))
+            return Outcome(started, time.monotonic() - started, ok=False, detail=repr(e), case=index)
         seconds = time.monotonic() - started
         allowed = bool(answer.get("allowed"))
         # Fail-open is not a wrong verdict (allowed with a warning saying why); a denial of a pod that
         # can run, or a silent allow of one that cannot, is.
         wrong = (not allowed and not case.denied) or (allowed and case.denied and not answer.get("warnings"))
-        return Outcome(started, seconds, ok=True, wrong=wrong, detail=json.dumps(answer)[:300])
+        return Outcome(started, seconds, ok=True, wrong=wrong, detail=json.dumps(answer)[:300], case=index)
 
 
 class PodLoad(_Stream):
