@@ -123,9 +123,12 @@ class WebhookServer(kopf.WebhookServer):
       not sent admission traffic it would refuse.
     """
 
-    def __init__(self, *, admit: ReviewFn, **kwargs: Any) -> None:
+    def __init__(
+        self, *, admit: ReviewFn, on_drop: Callable[[str], None] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.admit = admit
+        self.on_drop = on_drop  # a review not judged for want of memory (metrics count it)
         self.listening = asyncio.Event()
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
@@ -134,8 +137,22 @@ class WebhookServer(kopf.WebhookServer):
             self.listening.set()  # kopf yields only after its site has started
             yield client_config
 
+    async def _serve(self, fn: ReviewFn, request: Any) -> Any:  # type: ignore[override]
+        try:
+            return await self._judge(fn, request)
+        except MemoryError:
+            # Under a memory limit (a cgroup, `ulimit -v`) a large body may not fit: drop that review,
+            # count it, and keep serving the others. 503 is fail-open for the apiserver (failurePolicy
+            # Ignore), as archaudit being down is.
+            if self.on_drop is not None:
+                self.on_drop("memory")
+            log.warning("admission review dropped: out of memory")
+            from aiohttp import web
+
+            return web.json_response({"error": "out of memory: not judged"}, status=503)
+
     @staticmethod
-    async def _serve(fn: ReviewFn, request: Any) -> Any:
+    async def _judge(fn: ReviewFn, request: Any) -> Any:
         from aiohttp import web
 
         if request.match_info.get("id") not in webhook.WEBHOOKS:
@@ -421,6 +438,7 @@ async def _webhook_server(rt: Runtime) -> WebhookServer:
         rt.ctx.certificate_loaded.set()
         return WebhookServer(
             admit=admit,
+            on_drop=rt.metrics.observe_dropped_review,
             addr=ws.host,
             port=ws.port,
             path="/validate",
@@ -436,7 +454,13 @@ async def _webhook_server(rt: Runtime) -> WebhookServer:
     rt.tasks.append(asyncio.create_task(_keep_ca_bundle(rt, material), name="ca-bundle"))
     rt.ctx.certificate_loaded.set()
     return WebhookServer(
-        admit=admit, addr=ws.host, port=ws.port, path="/validate", certfile=str(cert), pkeyfile=str(key)
+        admit=admit,
+        on_drop=rt.metrics.observe_dropped_review,
+        addr=ws.host,
+        port=ws.port,
+        path="/validate",
+        certfile=str(cert),
+        pkeyfile=str(key),
     )
 
 

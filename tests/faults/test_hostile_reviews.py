@@ -1,4 +1,4 @@
-"""Malformed and hostile AdmissionReviews at volume, straight to the webhook port (issue 16).
+"""Malformed and hostile AdmissionReviews at volume, and a memory cap, straight to the webhook (issue 16).
 
 Anything that reaches the port may send anything: fuzzed bodies (truncated, bytes flipped, subtrees
 replaced by values of the wrong type), 8 MiB bodies, JSON nested 50,000 deep, shapes that explode in
@@ -15,6 +15,7 @@ import json
 import os
 import random
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -208,3 +209,50 @@ def test_hostile_reviews_at_volume_are_answered_400_or_allowed(op: Operator) -> 
     assert after.ok, after.detail
     assert not after.wrong, after.detail
     assert rss_after - rss_before < RSS_GROWTH_BOUND_KIB, (rss_before, rss_after)
+
+
+def _vm_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _dropped(op: Operator) -> float:
+    prefix = 'archaudit_admission_reviews_dropped_total{reason="memory"} '
+    return sum(float(line.split()[-1]) for line in op.metrics().splitlines() if line.startswith(prefix))
+
+
+def test_memory_capped_near_steady_state_degrades_instead_of_crashing(op: Operator) -> None:
+    # `ulimit -v` on the running operator (prlimit --as, the soft limit): its address space now, plus
+    # 12 MiB. 8 MiB bodies no longer fit: they must be dropped and counted, everything else answered.
+    assert op.service.proc is not None
+    pid = op.service.proc.pid
+    limit = (_vm_kib(pid, "VmSize") + 12 * 1024) * 1024
+    subprocess.run(["prlimit", f"--pid={pid}", f"--as={limit}:"], check=True)
+    rng = random.Random(int(os.environ.get("ARCHAUDIT_FUZZ_SEED", "16")))
+    valid = admission_review("hostile", pod_manifest("p", image="registry.invalid/app:1"))
+    statuses: dict[int, int] = {}
+    poster = Poster(op.url, _ca(op))
+    try:
+        for i in range(60):
+            status, _ = poster.post(_large(rng, valid) if i % 2 else _mutate(rng, valid))
+            statuses[status] = statuses.get(status, 0) + 1
+        check = ReviewLoad(
+            op.url, _ca(op), [ReviewCase("hostile", pod_manifest("ok", image="x.invalid/a:1"), False)]
+        )
+        after = check.once()
+        dropped = _dropped(op)
+    finally:
+        subprocess.run(["prlimit", f"--pid={pid}", "--as=unlimited:"], check=True)
+    print(
+        Figures(
+            "memory-capped",
+            {"address_space_limit_mib": limit >> 20, "statuses": statuses, "dropped_memory_counted": dropped},
+        ).line()
+    )
+    assert op.service.alive(), op.tail()
+    assert set(statuses) <= {200, 400, 503}, statuses  # never a 500: dropped (503) and counted instead
+    assert dropped == statuses.get(503, 0)
+    assert after.ok, after.detail
+    assert not after.wrong, after.detail

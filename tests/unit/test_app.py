@@ -355,3 +355,46 @@ async def test_readiness_tells_the_truth_when_the_apiserver_is_gone() -> None:
     with pytest.raises(RuntimeError, match=r"not confirmed for 31s \(bound 30s\): .*connect call failed"):
         rt.ready()
     assert len(ctx.nodes) == 1  # what it knew is kept, not dropped
+
+
+async def test_a_review_that_does_not_fit_in_memory_is_dropped_counted_and_the_server_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = TestCA(tmp_path)
+    pair = ca.issue("webhook")
+    dropped: list[str] = []
+
+    async def fn(data: Any, **_: Any) -> Any:
+        return {"response": {"uid": data["request"]["uid"], "allowed": True}}
+
+    server = app.WebhookServer(
+        admit=fn,
+        on_drop=dropped.append,
+        addr="127.0.0.1",
+        port=0,
+        path="/validate",
+        certfile=str(pair.cert),
+        pkeyfile=str(pair.key),
+    )
+    gen = server(kopf_engine_never_called)
+    url = (await gen.__anext__())["url"]
+    ctx = ssl.create_default_context(cafile=str(ca.cert_path))
+    real_loads = json.loads
+
+    def out_of_memory(body: Any, **kwargs: Any) -> Any:
+        if isinstance(body, bytes) and b"huge" in body:
+            raise MemoryError
+        return real_loads(body, **kwargs)
+
+    monkeypatch.setattr(app.json, "loads", out_of_memory)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{url}/pods", data=json.dumps(review(name="huge")).encode(), ssl=ctx
+            ) as resp:
+                assert resp.status == 503  # fail-open for the apiserver, like archaudit being down
+            async with session.post(f"{url}/pods", json=review(), ssl=ctx) as resp:
+                assert resp.status == 200  # the next review is judged as ever
+    finally:
+        await gen.aclose()
+    assert dropped == ["memory"]

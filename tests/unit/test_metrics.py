@@ -38,6 +38,7 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "archaudit_nodes": ("gauge", frozenset({"platform"})),
     "archaudit_cluster_state_age_seconds": ("gauge", frozenset()),
     "archaudit_admission_reviews_stale_state": ("counter", frozenset()),
+    "archaudit_admission_reviews_dropped": ("counter", frozenset({"reason"})),
     "archaudit_build_info": ("gauge", frozenset({"version", "python"})),
 }
 
@@ -108,6 +109,7 @@ def feed_everything(s: Server) -> None:
     s.state.full_audit_completed(at=1_700_000_000.0)
     s.state.cluster_state_age_from = lambda: 4.5
     s.meters.observe_stale_review()
+    s.meters.observe_dropped_review("memory")
 
 
 def label_names(family: Metric) -> frozenset[str]:
@@ -202,6 +204,7 @@ async def test_state_is_read_at_scrape_time(server: Server) -> None:
     assert value(families["archaudit_registry_ratelimit_remaining"], registry="registry-1.docker.io") == 87
     assert value(families["archaudit_cluster_state_age_seconds"]) == 4.5
     assert value(families["archaudit_admission_reviews_stale_state"], "_total") == 1
+    assert value(families["archaudit_admission_reviews_dropped"], "_total", reason="memory") == 1
 
     # The next audit replaces the picture: a fixed namespace's series disappear, nothing is kept in sync.
     server.state.workloads = {("Compatible", "shop"): 9}

@@ -325,6 +325,14 @@ class Metrics:
             namespace=PREFIX,
             registry=self.registry,
         )
+        self.admission_reviews_dropped = Counter(
+            "admission_reviews_dropped",
+            "Admission reviews answered 503 without being judged, by reason (memory: the body did not "
+            "fit under the process's memory limit). The apiserver admits them (failurePolicy Ignore).",
+            ["reason"],
+            namespace=PREFIX,
+            registry=self.registry,
+        )
         self.registry_requests = Counter(
             "registry_requests",
             'Registry HTTP requests by registry host and status class ("error": no response).',
@@ -357,6 +365,10 @@ class Metrics:
         """One admission review answered; decision is allowed | warned | denied | error."""
         self.admission_reviews.labels(kind=kind, operation=operation, mode=mode, decision=decision).inc()
         self.admission_duration.observe(max(seconds, 0.0))
+
+    def observe_dropped_review(self, reason: str) -> None:
+        """One review answered 503 unjudged (reason "memory")."""
+        self.admission_reviews_dropped.labels(reason=reason).inc()
 
     def observe_stale_review(self) -> None:
         """One review answered while the cluster state was unconfirmed (StateFreshness.confirming False)."""
