@@ -7,7 +7,7 @@ export ARCHAUDIT_CACHE ?= $(HOME)/.cache/archaudit
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv bins tools lint unit integration e2e test bench image demo demo-status demo-down clean
+.PHONY: help deps venv bins tools lint unit integration e2e faults test bench image demo demo-status demo-down clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,8 +40,11 @@ integration: venv deps  ## against a real docker-registry
 e2e: venv deps bins  ## against a real kube-apiserver, etcd, scheduler, controller-manager, kwok
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-test: deps venv bins lint  ## everything CI runs: lint + unit + integration + e2e
-	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+faults: venv deps bins  ## fault matrix under load (tests/faults), the long cases included
+	ARCHAUDIT_FAULTS_LONG=1 $(PY) -m pytest tests/faults -s $(PYTEST_ARGS)
+
+test: deps venv bins lint  ## everything CI runs: lint + unit + integration + e2e + the short fault cases
+	$(PY) -m pytest tests/unit tests/integration tests/e2e tests/faults $(PYTEST_ARGS)
 
 bench: venv deps bins  ## benchmarks; figures go to BENCHMARKS.md
 	$(PY) -m pytest tests/bench -s -p no:randomly $(PYTEST_ARGS)

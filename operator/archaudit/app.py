@@ -16,9 +16,10 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from archaudit.context import Context, NodeMap
 from archaudit.core import config
 from archaudit.core.credentials import Keyring, keyring_from_docker_config
 
-__all__ = ["build_parser", "main", "settings_from_args"]
+__all__ = ["build_parser", "main", "resync_cluster_state", "settings_from_args"]
 
 log = logging.getLogger("archaudit")
 
@@ -123,9 +124,12 @@ class WebhookServer(kopf.WebhookServer):
       not sent admission traffic it would refuse.
     """
 
-    def __init__(self, *, admit: ReviewFn, **kwargs: Any) -> None:
+    def __init__(
+        self, *, admit: ReviewFn, on_drop: Callable[[str], None] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.admit = admit
+        self.on_drop = on_drop  # a review not judged for want of memory (metrics count it)
         self.listening = asyncio.Event()
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
@@ -134,8 +138,22 @@ class WebhookServer(kopf.WebhookServer):
             self.listening.set()  # kopf yields only after its site has started
             yield client_config
 
+    async def _serve(self, fn: ReviewFn, request: Any) -> Any:  # type: ignore[override]
+        try:
+            return await self._judge(fn, request)
+        except MemoryError:
+            # Under a memory limit (a cgroup, `ulimit -v`) a large body may not fit: drop that review,
+            # count it, and keep serving the others. 503 is fail-open for the apiserver (failurePolicy
+            # Ignore), as archaudit being down is.
+            if self.on_drop is not None:
+                self.on_drop("memory")
+            log.warning("admission review dropped: out of memory")
+            from aiohttp import web
+
+            return web.json_response({"error": "out of memory: not judged"}, status=503)
+
     @staticmethod
-    async def _serve(fn: ReviewFn, request: Any) -> Any:
+    async def _judge(fn: ReviewFn, request: Any) -> Any:
         from aiohttp import web
 
         if request.match_info.get("id") not in webhook.WEBHOOKS:
@@ -143,15 +161,63 @@ class WebhookServer(kopf.WebhookServer):
         # aiohttp's default cap is 1 MiB; an UPDATE review carries the object twice, each up to the
         # apiserver's 3 MiB request limit. Refused, it would be admitted unchecked (failurePolicy Ignore).
         request = request.clone(client_max_size=_MAX_REVIEW_BYTES)
-        try:
-            data = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
-            return web.json_response({"error": "the body is not JSON"}, status=400)
+        large = (request.content_length or _MAX_REVIEW_BYTES) > _LARGE_REVIEW_BYTES
+        # Large bodies are read and parsed a few at a time: a flood of 8 MiB reviews is held back by TCP
+        # flow control instead of being buffered all at once.
+        async with _large_reviews() if large else contextlib.nullcontext():
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return _bad_review(f"the body is larger than {_MAX_REVIEW_BYTES} bytes")
+            # 8 MiB of `{},` parses into millions of dicts (hundreds of MiB): no Kubernetes object has
+            # that shape, so it is refused before parsing (bytes.count is a C loop, ~1 ms per MiB).
+            if body.count(b"{") + body.count(b"[") > _MAX_JSON_CONTAINERS:
+                return _bad_review(f"more than {_MAX_JSON_CONTAINERS} JSON objects and arrays")
+            try:
+                data = json.loads(body)
+            except RecursionError:  # JSON nested thousands deep: the parser's recursion limit
+                return _bad_review("the body is nested too deeply")
+            except (ValueError, UnicodeDecodeError):
+                return _bad_review("the body is not JSON")
+            del body
         problem = webhook.malformed(data)
         if problem:
-            return web.json_response({"error": problem}, status=400)
-        answer = await fn(data)
+            return _bad_review(problem)
+        if not isinstance(data["request"]["uid"], str) or len(data["request"]["uid"]) > 256:
+            return _bad_review("request.uid must be a string")  # it is echoed in the answer
+        try:
+            answer = await fn(data)
+        except Exception as e:
+            # A review with the right keys but values of the wrong types (a hostile client; the
+            # apiserver never sends one) must not become a 500: admitted, fail-open, and said why.
+            log.warning("admission review %r could not be judged: %r", data["request"].get("uid"), e)
+            answer = webhook.response(
+                data, allowed=True, warnings=[f"archaudit could not judge this: {e!r}"[:500]]
+            )
         return web.Response(body=json.dumps(answer).encode(), content_type="application/json")
+
+
+_LARGE_REVIEW_BYTES = 1024 * 1024
+_LARGE_REVIEWS_AT_ONCE = 4
+_MAX_JSON_CONTAINERS = 100_000
+_large_gates: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+def _large_reviews() -> asyncio.Semaphore:
+    """The running loop's gate for large review bodies (one per loop: tests run several)."""
+    loop = asyncio.get_running_loop()
+    gate = _large_gates.get(loop)
+    if gate is None:
+        for old in [known for known in _large_gates if known.is_closed()]:
+            del _large_gates[old]
+        gate = _large_gates[loop] = asyncio.Semaphore(_LARGE_REVIEWS_AT_ONCE)
+    return gate
+
+
+def _bad_review(reason: str) -> Any:
+    from aiohttp import web
+
+    return web.json_response({"error": reason}, status=400)
 
 
 # --- the operator ---------------------------------------------------------------------------------
@@ -170,12 +236,23 @@ class Runtime:
     admission: webhook.Admission | None = None
 
     def ready(self) -> bool:
-        return (
+        """Ready to be sent admission traffic; raises with the reason (the 503's text) when stale.
+
+        Not ready while the node map and namespace labels are unconfirmed past
+        `cluster.state_stale_seconds`: a replica that lost the apiserver must not keep deciding on what
+        it last knew (the apiserver's Service routes to the replicas that are ready, or fails open).
+        """
+        if not (
             self.ctx.nodes.filled.is_set()
             and self.ctx.certificate_loaded.is_set()
             and self.server is not None
             and self.server.listening.is_set()
-        )
+        ):
+            return False
+        problem = self.ctx.freshness.problem()
+        if problem:
+            raise RuntimeError(problem)
+        return True
 
 
 def _cluster_keyring(settings: config.Settings) -> Keyring:
@@ -183,6 +260,48 @@ def _cluster_keyring(settings: config.Settings) -> Keyring:
     if not path:
         return Keyring()
     return keyring_from_docker_config(Path(path).read_bytes())
+
+
+class Backoffs:
+    """Delays between retries of kopf's API requests, its watches included: capped, with jitter.
+
+    kopf retries every request on its own schedule, 1, 1, 2, 3, 5, 8, 13 and 21 s, and a watch
+    reconnects on it too. After kube-apiserver restarts (k3s does on every upgrade and reboot), a watch
+    waits for its next step, up to 21 s; the attempts that meet the apiserver half-started (403 while
+    its RBAC cache fills, 429 while the watch cache initialises) push it into those long steps; and once
+    the schedule is used up by such errors, kopf's watcher task ends for good. Here: short steps capped
+    at `cap`, each between half and all of its nominal length (so the replicas' watches do not knock
+    on a recovering apiserver in lockstep), and enough of them to outlast any restart.
+    A fresh iteration per request (kopf iterates it anew for each one); `len()` is kopf's "#n/N".
+    """
+
+    def __init__(
+        self,
+        *,
+        first: float = 0.5,
+        cap: float = 4.0,
+        attempts: int = 90,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.first, self.cap, self.attempts, self.rng = first, cap, attempts, rng
+
+    def __iter__(self) -> Iterator[float]:
+        for i in range(self.attempts):
+            yield min(self.cap, self.first * 2**i) * (0.5 + self.rng() / 2)
+
+    def __len__(self) -> int:
+        return self.attempts
+
+
+def configure_watches(settings: kopf.OperatorSettings) -> None:
+    """kopf's networking for watches that come back within seconds of the apiserver (issue 16)."""
+    settings.networking.request_timeout = 30
+    settings.networking.error_backoffs = Backoffs()
+    # A TCP + TLS handshake with the apiserver takes milliseconds; one that hangs (a half-started or
+    # overloaded apiserver) is abandoned after this and retried, instead of after request_timeout.
+    settings.networking.connect_timeout = 5
+    settings.watching.connect_timeout = 5
+    settings.watching.server_timeout = 300
 
 
 def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
@@ -199,8 +318,7 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False  # we write our own Events, deduplicated (adapters/events.py)
-        settings.networking.request_timeout = 30
-        settings.watching.server_timeout = 300
+        configure_watches(settings)
         rt.server = settings.admission.server = await _webhook_server(rt)
         ctx.nodes.replace_all(await rt.api.list_nodes())
         ctx.namespaces.update(
@@ -210,6 +328,8 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
             }
         )
         ctx.namespaces_filled.set()
+        ctx.freshness.confirm()
+        rt.tasks.append(asyncio.create_task(_keep_cluster_state(rt), name="cluster-state"))
         rt.tasks.append(asyncio.create_task(rt.elector.run(rt.stop), name="leader-election"))
         if ctx.events is not None:
             rt.tasks.append(asyncio.create_task(ctx.events.run(rt.stop), name="events"))
@@ -246,14 +366,19 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         name = obj.get("metadata", {}).get("name")
         if not name:
             return
+        labels = obj.get("metadata", {}).get("labels") or {}
         if event.get("type") == "DELETED":
-            ctx.namespaces.pop(name, None)
-        else:
-            ctx.namespaces[name] = obj.get("metadata", {}).get("labels") or {}
+            if ctx.namespaces.pop(name, None) is not None:
+                ctx.namespaces_version += 1
+        elif ctx.namespaces.get(name) != labels:
+            ctx.namespaces[name] = labels
+            ctx.namespaces_version += 1
 
     def on_review(kind: str, operation: str, outcome: webhook.ReviewOutcome, seconds: float) -> None:
         decision = "error" if seconds < 0 else outcome.label
         rt.metrics.observe_admission(kind, operation, outcome.mode.value, decision, max(seconds, 0.0))
+        if not ctx.freshness.confirming:
+            rt.metrics.observe_stale_review()
 
     def on_warning_event(obj: Mapping[str, Any], outcome: webhook.ReviewOutcome) -> None:
         # Synchronous and I/O-free: the emitter counts or queues the occurrence and returns.
@@ -294,6 +419,7 @@ async def _webhook_server(rt: Runtime) -> WebhookServer:
         rt.ctx.certificate_loaded.set()
         return WebhookServer(
             admit=admit,
+            on_drop=rt.metrics.observe_dropped_review,
             addr=ws.host,
             port=ws.port,
             path="/validate",
@@ -309,8 +435,59 @@ async def _webhook_server(rt: Runtime) -> WebhookServer:
     rt.tasks.append(asyncio.create_task(_keep_ca_bundle(rt, material), name="ca-bundle"))
     rt.ctx.certificate_loaded.set()
     return WebhookServer(
-        admit=admit, addr=ws.host, port=ws.port, path="/validate", certfile=str(cert), pkeyfile=str(key)
+        admit=admit,
+        on_drop=rt.metrics.observe_dropped_review,
+        addr=ws.host,
+        port=ws.port,
+        path="/validate",
+        certfile=str(cert),
+        pkeyfile=str(key),
     )
+
+
+async def resync_cluster_state(api: kube.KubeApi, ctx: Context) -> bool:
+    """Re-list nodes and namespaces; repair the maps the watches keep if they differ; True if listed.
+
+    The watches keep both maps current within milliseconds while they run. This is for when they do
+    not: after a kube-apiserver restart or a 410 Gone, kopf relists, and a deletion made meanwhile never
+    arrives as an event; a watch kopf gave up on never delivers again. The lists are plain
+    (consistent) reads, served from the apiserver's watch cache on Kubernetes >= 1.31.
+    """
+    nodes_before, namespaces_before = ctx.nodes.version, ctx.namespaces_version
+    try:
+        nodes = (await api.request("GET", "/api/v1/nodes"))["items"]
+        namespaces = (await api.request("GET", "/api/v1/namespaces"))["items"]
+    except Exception as e:
+        if ctx.freshness.confirming:
+            log.warning("cannot confirm nodes and namespaces with the apiserver: %s", e)
+        ctx.freshness.fail(str(e)[:300])
+        return False
+    # A watch event applied while the lists were in flight is newer than they are: keep it (the next
+    # round compares again). Otherwise the lists are the truth.
+    if ctx.nodes.version == nodes_before:
+        ctx.nodes.replace_all(nodes)
+        if ctx.nodes.version != nodes_before:
+            log.warning("node map differed from the apiserver (a watch missed events); repaired")
+    if ctx.namespaces_version == namespaces_before:
+        fresh = {ns["metadata"]["name"]: ns["metadata"].get("labels") or {} for ns in namespaces}
+        if fresh != ctx.namespaces:
+            log.warning("namespace labels differed from the apiserver (a watch missed events); repaired")
+            ctx.namespaces.clear()
+            ctx.namespaces.update(fresh)
+            ctx.namespaces_version += 1
+    if not ctx.freshness.confirming:
+        log.info("nodes and namespaces confirmed with the apiserver again")
+    ctx.freshness.confirm()
+    return True
+
+
+async def _keep_cluster_state(rt: Runtime) -> None:
+    every = rt.settings.cluster.state_resync_seconds
+    while not rt.stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rt.stop.wait(), timeout=every)
+        if not rt.stop.is_set():
+            await resync_cluster_state(rt.api, rt.ctx)
 
 
 async def _keep_ca_bundle(rt: Runtime, material: certs.TLSMaterial) -> None:
@@ -366,6 +543,7 @@ async def run(settings: config.Settings, *, kubeconfig: str | None = None) -> No
         api=api,
         events=emitter,
     )
+    state.cluster_state_age_from = ctx.freshness.age
     rt = Runtime(settings=settings, api=api, ctx=ctx, metrics=exported, elector=elector, stop=stop)
     registry = build_registry(rt)
     runner = await metrics.start_metrics_server(

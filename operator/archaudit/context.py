@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,7 +23,7 @@ from archaudit.core.credentials import Credential
 from archaudit.core.reference import ImageReference
 from archaudit.core.scheduling import Node, node_from_object, virtual_nodes
 
-__all__ = ["Context", "CredentialSource", "ImageResolver", "NodeMap"]
+__all__ = ["Context", "CredentialSource", "ImageResolver", "NodeMap", "StateFreshness"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,51 @@ class NodeMap:
         return list(self._nodes.values())
 
 
+class StateFreshness:
+    """When the node map and namespace labels were last confirmed to match the apiserver.
+
+    kopf does not say when a watch is down (it retries inside), so the proof is a periodic re-list
+    (app.py): `confirm()` after one that succeeded, `fail()` after one that did not. Readiness and the
+    stale-state metrics read it; "confirming" is False from the first failed re-list to the next good one.
+    """
+
+    def __init__(self, *, stale_after: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stale_after = stale_after
+        self._clock = clock
+        self.confirmed_at: float | None = None
+        self.failing_since: float | None = None
+        self.last_error = ""
+
+    def confirm(self) -> None:
+        self.confirmed_at = self._clock()
+        self.failing_since = None
+        self.last_error = ""
+
+    def fail(self, error: str) -> None:
+        if self.failing_since is None:
+            self.failing_since = self._clock()
+        self.last_error = error
+
+    @property
+    def confirming(self) -> bool:
+        """The last re-list succeeded (or none failed since the start)."""
+        return self.failing_since is None
+
+    def age(self) -> float | None:
+        """Seconds since the last confirmation; None before the first."""
+        return None if self.confirmed_at is None else self._clock() - self.confirmed_at
+
+    def problem(self) -> str | None:
+        """Why the state is stale past the bound, or None while it is fresh enough to decide on."""
+        age = self.age()
+        if age is None:
+            return "nodes and namespaces not listed yet"
+        if age <= self.stale_after:
+            return None
+        why = f": {self.last_error}" if self.last_error else ""
+        return f"nodes and namespaces not confirmed for {age:.0f}s (bound {self.stale_after:.0f}s){why}"
+
+
 @dataclass
 class Context:
     settings: Settings
@@ -117,9 +163,13 @@ class Context:
     # namespace -> its labels (archaudit.io/mode, archaudit.io/ignore), kept by a namespace watch
     namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)
     namespaces_filled: asyncio.Event = field(default_factory=asyncio.Event)
+    # Moves on every namespace change the watch applies (as NodeMap.version does for nodes).
+    namespaces_version: int = 0
     certificate_loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    freshness: StateFreshness = field(init=False)
 
     def __post_init__(self) -> None:
+        self.freshness = StateFreshness(stale_after=self.settings.cluster.state_stale_seconds)
         forced = self.settings.cluster.runtime_profile
         self.extra_nodes = virtual_nodes(
             self.settings.cluster.platforms, profiles=(forced,) if forced else ("containerd",)

@@ -21,6 +21,7 @@ import shutil
 import ssl
 import subprocess
 import tempfile
+import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -339,6 +340,33 @@ class Cluster:
                 svc.stop()
         if self._own_work_dir and not self._detached and not self._failed:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def service(self, name: str) -> Service:
+        """The running component called `name` (etcd, kube-apiserver, kwok, ...)."""
+        found = [s for s in self.services if s.name == name]
+        if not found:
+            raise KeyError(f"no component {name!r} in this cluster")
+        return found[0]
+
+    def kill_apiserver(self) -> None:
+        """SIGKILL kube-apiserver: its clients' connections drop, nothing is announced (a k3s restart).
+
+        etcd keeps running with all the data, so `start_apiserver_again()` brings the same cluster back.
+        """
+        self.service("kube-apiserver").kill()
+
+    def start_apiserver_again(self, *, timeout: float = APISERVER_READY_SECONDS) -> float:
+        """Start the killed kube-apiserver on the same port, certificates and etcd; wait for /readyz.
+
+        Returns `time.monotonic()` of the moment /readyz answered 200: the "apiserver is back" instant
+        recovery times are measured from.
+        """
+        svc = self.service("kube-apiserver")
+        if svc.alive():
+            raise RuntimeError("kube-apiserver is running; kill_apiserver() first")
+        svc.start()
+        wait_until(lambda: self._ok("/readyz"), timeout=timeout, what="kube-apiserver /readyz", service=svc)
+        return time.monotonic()
 
     def detach(self) -> dict[str, int]:
         """Leave the processes running after this Python process exits; return their pids by name."""

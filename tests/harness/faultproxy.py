@@ -21,6 +21,7 @@ Modes (set `proxy.mode`, optionally `proxy.times` = how many requests misbehave 
   reject-credentials   401 with a Basic challenge to every request, credentials or not
   ratelimit            pass, plus Docker Hub's ratelimit-remaining header (`ratelimit_remaining`)
   latency              pass, each request (any path) answered `latency` seconds late: a far registry
+  down                 every request (any path): the connection is dropped unanswered (recorded as 503)
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ MODES = (
     "reject-credentials",
     "ratelimit",
     "latency",
+    "down",
 )
 _HOP_BY_HOP = {
     "connection",
@@ -127,6 +129,9 @@ class FaultProxy:
     # -- serving
 
     def _fault_now(self, request: web.Request) -> str:
+        with self._lock:
+            if self.mode == "down" and self.times is None:
+                return "down"  # a registry that is down is down for /v2/ and token requests too
         if "/manifests/" not in request.path and "/blobs/" not in request.path:
             return "pass"
         with self._lock:
@@ -153,7 +158,7 @@ class FaultProxy:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            await self._delay()
+            await self._delay(request)
             mode = self._fault_now(request)
             response = await self._respond(request, mode)
         finally:
@@ -165,14 +170,23 @@ class FaultProxy:
             )
         return response
 
-    async def _delay(self) -> None:
+    async def _delay(self, request: web.Request) -> None:
         with self._lock:
             delay = self.latency if self.mode == "latency" else 0.0
-        if delay > 0:
-            # the misbehaviour itself (one slow round trip per request), not synchronisation
-            await asyncio.sleep(delay)
+        # The misbehaviour itself (one slow round trip per request), not synchronisation. It ends early
+        # when the client hangs up, as a Go registry cancels a request whose client went away: requests
+        # a client abandoned at its deadline do not count as in flight.
+        end = asyncio.get_running_loop().time() + delay
+        while (left := end - asyncio.get_running_loop().time()) > 0:
+            if request.transport is None or request.transport.is_closing():
+                return
+            await asyncio.sleep(min(left, 0.05))
 
     async def _respond(self, request: web.Request, mode: str) -> web.StreamResponse:
+        if mode == "down":
+            if request.transport is not None:
+                request.transport.abort()  # RST: what a client sees of a registry host going away
+            return web.Response(status=503)  # never delivered: the connection is gone
         if mode == "429":
             return web.Response(
                 status=429,

@@ -94,7 +94,8 @@ class Service:
             start_new_session=True,  # own process group: stop() kills children too
         )
         log.close()
-        _started.append(self)
+        if self not in _started:  # a restarted service is still one service
+            _started.append(self)
         return self
 
     def alive(self) -> bool:
@@ -111,6 +112,18 @@ class Service:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=grace)
+
+    def kill(self) -> None:
+        """SIGKILL the process group and reap it: a crash, an OOM kill, a node losing power.
+
+        Nothing runs on the way out (no graceful shutdown, no FIN sent by the program itself; the
+        kernel closes its sockets). `start()` again restarts it with the same argv, log and ports.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
 
     def tail(self, lines: int = 40) -> str:
         try:

@@ -61,8 +61,11 @@ def exported_sample_names() -> set[str]:
     )
     state.observe_runtime_mismatch("shop")
     state.full_audit_completed()
+    state.cluster_state_age_from = lambda: 1.0
     meters = metrics.Metrics(state)
     meters.observe_admission("Pod", "CREATE", "enforce", "denied", 0.1)
+    meters.observe_dropped_review("memory")
+    meters.observe_stale_review()
     meters.on_request("registry-1.docker.io", "GET", 200, 0.1)
     meters.on_ratelimit("registry-1.docker.io", 5)
     text = generate_latest(meters.registry).decode()

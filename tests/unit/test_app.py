@@ -107,6 +107,12 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("bad resource", json.dumps(review(resource="pods")).encode(), "request.resource"),
     ("no object", json.dumps(review(object=None)).encode(), "request.object is missing"),
     ("binary", bytes(range(256)), "not JSON"),
+    # Hostile bodies (issue 16): a parser's recursion, a shape that explodes in memory, a uid we echo.
+    ("nested 50,000 deep", b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
+    ("nested objects", b'{"a":' * 50_000 + b"1" + b"}" * 50_000, "nested too deeply"),
+    ("millions of objects", b"[" + b"{}," * 2_000_000 + b"{}]", "JSON objects and arrays"),
+    ("uid not a string", json.dumps(review(uid=[[1]])).encode(), "request.uid must be a string"),
+    ("over 8 MiB", b'{"kind": "AdmissionReview", "x": "' + b"a" * (8 * 1024 * 1024) + b'"}', "larger than"),
 ]
 
 
@@ -119,6 +125,41 @@ async def test_malformed_review_gets_400_with_a_reason(
         assert resp.status == 400, case
         assert expected in (await resp.json())["error"]
     assert seen == []  # never reached the handlers
+
+
+async def test_a_review_the_handler_chokes_on_is_admitted_not_a_500(tmp_path: Path) -> None:
+    # Keys all there, values of the wrong types: whatever breaks inside is answered fail-open.
+    ca = TestCA(tmp_path)
+    pair = ca.issue("webhook")
+
+    async def choke(data: Any, **_: Any) -> Any:
+        return data["request"]["object"]["spec"]["containers"][0]["image"]  # spec is 5: TypeError
+
+    server = app.WebhookServer(
+        admit=choke,
+        addr="127.0.0.1",
+        port=0,
+        path="/validate",
+        certfile=str(pair.cert),
+        pkeyfile=str(pair.key),
+    )
+    gen = server(kopf_engine_never_called)
+    url = (await gen.__anext__())["url"]
+    body = review(object={"kind": "Pod", "metadata": "x", "spec": 5})
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{url}/pods", json=body, ssl=ssl.create_default_context(cafile=str(ca.cert_path))
+            ) as resp,
+        ):
+            assert resp.status == 200
+            answer = (await resp.json())["response"]
+    finally:
+        await gen.aclose()
+    assert answer["allowed"] is True
+    assert answer["uid"] == body["request"]["uid"]
+    assert "could not judge" in answer["warnings"][0]
 
 
 async def test_well_formed_review_reaches_the_handlers(
@@ -197,3 +238,163 @@ def test_the_operator_runs_on_uvloop_where_it_is_installed() -> None:
     # pyproject installs uvloop everywhere but 32-bit ARM; there, asyncio's loop is the fallback.
     uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed on this platform (32-bit ARM)")
     assert app.event_loop_runner() is uvloop.run
+
+
+def test_watch_retries_are_short_capped_jittered_and_outlast_a_restart() -> None:
+    # The schedule kopf's watches reconnect on after the apiserver went away (issue 16).
+    low = list(app.Backoffs(rng=lambda: 0.0))
+    high = list(app.Backoffs(rng=lambda: 1.0))
+    assert len(app.Backoffs()) == len(low) == len(high)
+    assert high[:4] == [0.5, 1.0, 2.0, 4.0]
+    assert max(high) == 4.0  # never the 13 s or 21 s steps
+    assert low[:4] == [0.25, 0.5, 1.0, 2.0]  # jitter: between half and all of each step
+    assert sum(low) > 120  # still retrying minutes later: kopf's watcher must not give up and die
+    fresh = app.Backoffs()
+    assert list(fresh) != list(fresh)  # a new draw for every request, not one shared sequence
+
+
+def test_kopf_settings_for_watches() -> None:
+    import kopf
+
+    settings = kopf.OperatorSettings()
+    app.configure_watches(settings)
+    assert isinstance(settings.networking.error_backoffs, app.Backoffs)
+    assert settings.watching.connect_timeout == settings.networking.connect_timeout == 5
+    assert settings.watching.server_timeout == 300
+
+
+# --- the node map and namespace labels, confirmed against the apiserver (issue 16) ----------------
+
+
+class FakeLister:
+    """The two lists `resync_cluster_state` asks for; `during` runs while a list is "in flight"."""
+
+    def __init__(self, nodes: list[dict[str, Any]], namespaces: list[dict[str, Any]]) -> None:
+        self.items = {"/api/v1/nodes": nodes, "/api/v1/namespaces": namespaces}
+        self.down = False
+        self.during: Any = None
+
+    async def request(self, method: str, path: str, **_: Any) -> Any:
+        if self.down:
+            raise ConnectionRefusedError("connect call failed ('127.0.0.1', 6443)")
+        if self.during is not None:
+            self.during()
+        return {"items": self.items[path]}
+
+
+def _node(name: str, arch: str = "arm64") -> dict[str, Any]:
+    from tests.harness.cluster import FakeNode
+
+    return FakeNode(name, arch).manifest("v1.36.3")
+
+
+def _namespace(name: str, **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels}}
+
+
+def _context() -> Any:
+    from archaudit.context import Context, NodeMap
+
+    return Context(settings=config.Settings(), resolver=None, nodes=NodeMap(), credentials=None, metrics=None)  # type: ignore[arg-type]
+
+
+async def test_resync_repairs_what_the_watches_missed_and_confirms() -> None:
+    ctx = _context()
+    ctx.nodes.replace_all([_node("gone"), _node("kept")])
+    ctx.namespaces.update({"old": {}, "shop": {"archaudit.io/mode": "enforce"}})
+    lister = FakeLister(
+        [_node("kept"), _node("new", "amd64")], [_namespace("shop", **{"archaudit.io/mode": "warn"})]
+    )
+    assert await app.resync_cluster_state(lister, ctx)  # type: ignore[arg-type]
+    assert sorted(n.name for n in ctx.nodes.all()) == ["kept", "new"]  # a deletion no event announced
+    assert ctx.namespaces == {"shop": {"archaudit.io/mode": "warn"}}
+    assert ctx.freshness.confirming
+    assert ctx.freshness.problem() is None
+
+
+async def test_resync_never_undoes_a_watch_event_newer_than_its_lists() -> None:
+    ctx = _context()
+    ctx.nodes.replace_all([_node("a")])
+    lister = FakeLister([_node("a")], [])
+    # The node watch delivers "b" while the lists are in flight: the older list must not remove it.
+    lister.during = lambda: ctx.nodes.upsert(_node("b"))
+    assert await app.resync_cluster_state(lister, ctx)  # type: ignore[arg-type]
+    assert ctx.nodes.get("b") is not None
+
+
+async def test_readiness_tells_the_truth_when_the_apiserver_is_gone() -> None:
+    from archaudit.context import StateFreshness
+
+    now = [1000.0]
+    ctx = _context()
+    ctx.freshness = StateFreshness(stale_after=30, clock=lambda: now[0])
+    ctx.nodes.replace_all([_node("a")])
+    ctx.certificate_loaded.set()
+    server = app.WebhookServer(admit=lambda *a: None, addr="127.0.0.1", port=0, path="/validate")  # type: ignore[arg-type, return-value]
+    server.listening.set()
+    rt = app.Runtime(
+        settings=ctx.settings,
+        api=None,
+        ctx=ctx,
+        metrics=None,
+        elector=None,
+        stop=asyncio.Event(),
+        server=server,
+    )  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="not listed yet"):
+        rt.ready()
+    ctx.freshness.confirm()
+    assert rt.ready()
+    lister = FakeLister([], [])
+    lister.down = True
+    assert not await app.resync_cluster_state(lister, ctx)  # type: ignore[arg-type]
+    assert not ctx.freshness.confirming  # reviews from now on are counted as answered on stale state
+    now[0] += 29
+    assert rt.ready()  # within the bound: still deciding on what it last knew
+    now[0] += 2
+    with pytest.raises(RuntimeError, match=r"not confirmed for 31s \(bound 30s\): .*connect call failed"):
+        rt.ready()
+    assert len(ctx.nodes) == 1  # what it knew is kept, not dropped
+
+
+async def test_a_review_that_does_not_fit_in_memory_is_dropped_counted_and_the_server_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = TestCA(tmp_path)
+    pair = ca.issue("webhook")
+    dropped: list[str] = []
+
+    async def fn(data: Any, **_: Any) -> Any:
+        return {"response": {"uid": data["request"]["uid"], "allowed": True}}
+
+    server = app.WebhookServer(
+        admit=fn,
+        on_drop=dropped.append,
+        addr="127.0.0.1",
+        port=0,
+        path="/validate",
+        certfile=str(pair.cert),
+        pkeyfile=str(pair.key),
+    )
+    gen = server(kopf_engine_never_called)
+    url = (await gen.__anext__())["url"]
+    ctx = ssl.create_default_context(cafile=str(ca.cert_path))
+    real_loads = json.loads
+
+    def out_of_memory(body: Any, **kwargs: Any) -> Any:
+        if isinstance(body, bytes) and b"huge" in body:
+            raise MemoryError
+        return real_loads(body, **kwargs)
+
+    monkeypatch.setattr(app.json, "loads", out_of_memory)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{url}/pods", data=json.dumps(review(name="huge")).encode(), ssl=ctx
+            ) as resp:
+                assert resp.status == 503  # fail-open for the apiserver, like archaudit being down
+            async with session.post(f"{url}/pods", json=review(), ssl=ctx) as resp:
+                assert resp.status == 200  # the next review is judged as ever
+    finally:
+        await gen.aclose()
+    assert dropped == ["memory"]

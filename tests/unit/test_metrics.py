@@ -39,6 +39,9 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "archaudit_runnable_workloads": ("gauge", frozenset({"platform"})),
     "archaudit_runnable_cpu_cores": ("gauge", frozenset({"platform"})),
     "archaudit_events": ("counter", frozenset({"result"})),
+    "archaudit_cluster_state_age_seconds": ("gauge", frozenset()),
+    "archaudit_admission_reviews_stale_state": ("counter", frozenset()),
+    "archaudit_admission_reviews_dropped": ("counter", frozenset({"reason"})),
     "archaudit_build_info": ("gauge", frozenset({"version", "python"})),
 }
 
@@ -110,6 +113,9 @@ def feed_everything(s: Server) -> None:
     s.state.runnable_workloads = {"linux/amd64": 9, "linux/arm64": 4}
     s.state.runnable_cpu_cores = {"linux/amd64": 3.5, "linux/arm64": 1.25}
     s.state.events = {"emitted": 1, "aggregated": 41, "dropped": 0, "failed": 0}
+    s.state.cluster_state_age_from = lambda: 4.5
+    s.meters.observe_stale_review()
+    s.meters.observe_dropped_review("memory")
 
 
 def label_names(family: Metric) -> frozenset[str]:
@@ -202,6 +208,9 @@ async def test_state_is_read_at_scrape_time(server: Server) -> None:
     assert value(families["archaudit_runtime_mismatches"], "_total", namespace="shop") == 1
     assert value(families["archaudit_last_full_audit_timestamp_seconds"]) == 1_700_000_000.0
     assert value(families["archaudit_registry_ratelimit_remaining"], registry="registry-1.docker.io") == 87
+    assert value(families["archaudit_cluster_state_age_seconds"]) == 4.5
+    assert value(families["archaudit_admission_reviews_stale_state"], "_total") == 1
+    assert value(families["archaudit_admission_reviews_dropped"], "_total", reason="memory") == 1
 
     # The next audit replaces the picture: a fixed namespace's series disappear, nothing is kept in sync.
     server.state.workloads = {("Compatible", "shop"): 9}
@@ -254,6 +263,12 @@ async def test_a_broken_live_reader_costs_its_own_series_not_the_scrape(
 async def test_no_audit_yet_means_no_timestamp_rather_than_zero(server: Server) -> None:
     families = await server.scrape()
     assert families["archaudit_last_full_audit_timestamp_seconds"].samples == []
+
+
+async def test_cluster_state_never_confirmed_is_absent_rather_than_zero(server: Server) -> None:
+    server.state.cluster_state_age_from = lambda: None
+    families = await server.scrape()
+    assert families["archaudit_cluster_state_age_seconds"].samples == []
 
 
 async def test_build_info_names_this_version(server: Server) -> None:

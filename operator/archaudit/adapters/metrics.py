@@ -78,6 +78,7 @@ class Snapshot:
     runnable_workloads: Mapping[str, int] = field(default_factory=dict)  # platform -> workloads (runsOn)
     runnable_cpu_cores: Mapping[str, float] = field(default_factory=dict)  # platform -> requested cores
     events: Mapping[str, int] = field(default_factory=dict)  # emitted|aggregated|dropped|failed -> n
+    cluster_state_age: float | None = None  # seconds since nodes/namespaces were confirmed (None: never)
 
 
 class StateSource(Protocol):
@@ -107,6 +108,8 @@ class MutableState:
     # The Event emitter's outcome counts (adapters/events.py `stats`), read live at scrape time.
     events_from: Callable[[], Mapping[str, int]] | None = None
     events: dict[str, int] = field(default_factory=dict)
+    # Seconds since the node map and namespace labels were last confirmed by a re-list (None: never).
+    cluster_state_age_from: Callable[[], float | None] | None = None
     runtime_mismatches: dict[str, int] = field(default_factory=dict)
     last_full_audit: float | None = None
     # readiness, per target platform (the auditor replaces both after each pass)
@@ -134,6 +137,7 @@ class MutableState:
             runnable_workloads=dict(self.runnable_workloads),
             runnable_cpu_cores=dict(self.runnable_cpu_cores),
             events=_read(self.events_from, self.events),
+            cluster_state_age=_read_value(self.cluster_state_age_from),
         )
 
 
@@ -149,6 +153,16 @@ def _read(live: Callable[[], Mapping[str, _V]] | None, copy: Mapping[str, _V]) -
         # One broken reader must not fail the whole scrape: that would look like archaudit being down.
         log.exception("metrics: reading live state failed; exporting nothing for it in this scrape")
         return {}
+
+
+def _read_value(live: Callable[[], float | None] | None) -> float | None:
+    if live is None:
+        return None
+    try:
+        return live()
+    except Exception:
+        log.exception("metrics: reading live state failed; exporting nothing for it in this scrape")
+        return None
 
 
 class StateCollector(Collector):
@@ -252,6 +266,15 @@ class StateCollector(Collector):
             last_audit.add_metric([], snap.last_full_audit)
         yield last_audit
 
+        state_age = GaugeMetricFamily(
+            f"{PREFIX}_cluster_state_age_seconds",
+            "Seconds since the node map and namespace labels the webhook decides on were last confirmed "
+            "against the apiserver (absent until the first listing).",
+        )
+        if snap.cluster_state_age is not None:
+            state_age.add_metric([], snap.cluster_state_age)
+        yield state_age
+
 
 def _keyed(counts: Mapping[str, float]) -> list[tuple[tuple[str], float]]:
     return [((key,), n) for key, n in counts.items()]
@@ -330,6 +353,21 @@ class Metrics:
             buckets=ADMISSION_BUCKETS,
             registry=self.registry,
         )
+        self.admission_reviews_stale_state = Counter(
+            "admission_reviews_stale_state",
+            "Admission reviews answered from a node map and namespace labels the last re-list could not "
+            "confirm (the apiserver or the watches were down): what the webhook last knew.",
+            namespace=PREFIX,
+            registry=self.registry,
+        )
+        self.admission_reviews_dropped = Counter(
+            "admission_reviews_dropped",
+            "Admission reviews answered 503 without being judged, by reason (memory: the body did not "
+            "fit under the process's memory limit). The apiserver admits them (failurePolicy Ignore).",
+            ["reason"],
+            namespace=PREFIX,
+            registry=self.registry,
+        )
         self.registry_requests = Counter(
             "registry_requests",
             'Registry HTTP requests by registry host and status class ("error": no response).',
@@ -362,6 +400,14 @@ class Metrics:
         """One admission review answered; decision is allowed | warned | denied | error."""
         self.admission_reviews.labels(kind=kind, operation=operation, mode=mode, decision=decision).inc()
         self.admission_duration.observe(max(seconds, 0.0))
+
+    def observe_dropped_review(self, reason: str) -> None:
+        """One review answered 503 unjudged (reason "memory")."""
+        self.admission_reviews_dropped.labels(reason=reason).inc()
+
+    def observe_stale_review(self) -> None:
+        """One review answered while the cluster state was unconfirmed (StateFreshness.confirming False)."""
+        self.admission_reviews_stale_state.inc()
 
     def on_request(self, registry: str, method: str, status: int | None, seconds: float) -> None:
         """The registry client finished one HTTP request (status None: connection error or timeout).

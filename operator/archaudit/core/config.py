@@ -86,6 +86,12 @@ class ClusterSettings:
     runtime_profile: str = ""  # force one of platforms.RUNTIMES for every node ("" = from the node)
     containerd_pull: str = ""  # "local" | "transfer" | "" (unknown: judge containerd 2.x both ways)
     namespace: str = "archaudit"  # where archaudit itself runs (its Secrets, Events about itself)
+    # Nodes and namespaces are re-listed this often: proof that the watches' view is current, and its
+    # repair when a watch missed something (a kube-apiserver restart, a relist after 410 Gone).
+    state_resync_seconds: float = 10.0
+    # /readyz fails once that view has not been confirmed for this long: the webhook would be deciding
+    # on a node map and namespace labels nobody vouches for (it still answers, and counts it).
+    state_stale_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
