@@ -408,6 +408,7 @@ EXPECTED_CORE = {
     "mirrors",
     "auth",
     "config",
+    "placement",
 }
 IO_MODULES = {
     "socket",
