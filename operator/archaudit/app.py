@@ -24,7 +24,7 @@ from typing import Any
 
 import kopf
 
-from archaudit import __version__, webhook
+from archaudit import __version__, placement, webhook
 from archaudit.adapters import certs, kube, metrics
 from archaudit.adapters.resolver import Resolver
 from archaudit.context import Context, NodeMap
@@ -122,14 +122,16 @@ class WebhookServer(kopf.WebhookServer):
       not sent admission traffic it would refuse.
     """
 
-    def __init__(self, *, admit: ReviewFn, **kwargs: Any) -> None:
+    def __init__(self, *, admit: ReviewFn, mutate: ReviewFn | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.admit = admit
+        self.mutate = mutate
         self.listening = asyncio.Event()
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         # kopf types WebhookFn with its TypedDicts; ours takes the same parsed JSON as plain mappings.
-        async for client_config in super().__call__(self.admit):  # type: ignore[arg-type]
+        routes = _Routes(self.admit, self.mutate)
+        async for client_config in super().__call__(routes):  # type: ignore[arg-type]
             self.listening.set()  # kopf yields only after its site has started
             yield client_config
 
@@ -137,7 +139,9 @@ class WebhookServer(kopf.WebhookServer):
     async def _serve(fn: ReviewFn, request: Any) -> Any:
         from aiohttp import web
 
-        if request.match_info.get("id") not in webhook.WEBHOOKS:
+        routes = fn if isinstance(fn, _Routes) else _Routes(fn, None)
+        target = routes.find(request.match_info.get("id", ""))
+        if target is None:
             return web.json_response({"error": f"no webhook at {request.path}"}, status=404)
         # aiohttp's default cap is 1 MiB; an UPDATE review carries the object twice, each up to the
         # apiserver's 3 MiB request limit. Refused, it would be admitted unchecked (failurePolicy Ignore).
@@ -149,8 +153,28 @@ class WebhookServer(kopf.WebhookServer):
         problem = webhook.malformed(data)
         if problem:
             return web.json_response({"error": problem}, status=400)
-        answer = await fn(data)
+        answer = await target(data)
         return web.Response(body=json.dumps(answer).encode(), content_type="application/json")
+
+
+class _Routes:
+    """Which handler answers a path. Served from the root, `validate/<id>` (webhook.WEBHOOKS) and
+    `mutate/<id>` (placement.MUTATING_WEBHOOKS); a server rooted at /validate sees bare ids."""
+
+    def __init__(self, admit: ReviewFn, mutate: ReviewFn | None) -> None:
+        self.admit = admit
+        self.mutate = mutate
+
+    async def __call__(self, data: Mapping[str, Any], **kwargs: Any) -> Mapping[str, Any]:
+        return await self.admit(data, **kwargs)
+
+    def find(self, route: str) -> ReviewFn | None:
+        kind, _, name = route.rpartition("/")
+        if kind in ("", "validate") and name in webhook.WEBHOOKS:
+            return self.admit
+        if kind == "mutate" and name in placement.MUTATING_WEBHOOKS:
+            return self.mutate
+        return None
 
 
 # --- the operator ---------------------------------------------------------------------------------
@@ -167,6 +191,8 @@ class Runtime:
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
     server: WebhookServer | None = None
     admission: webhook.Admission | None = None
+    mutation: placement.Mutation | None = None
+    gates: placement.GateController | None = None
 
     def ready(self) -> bool:
         return (
@@ -263,11 +289,31 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         on_warning_event=on_warning_event,
         log_denials=settings.webhook.log_denials,
     )
+    _register_placement(registry, rt)
     if settings.audit.enabled:
         from archaudit import audit
 
         audit.register(registry, lambda: ctx)
     return registry
+
+
+def _register_placement(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
+    """`/mutate/pods` and the gate controller; the pod watch is shared with the auditor's (one stream)."""
+
+    def observe(result: str, reason: str) -> None:
+        log.debug("placement: %s %s", result, reason)
+
+    rt.mutation = placement.Mutation(lambda: rt.ctx, observe=observe)
+    gates = rt.gates = placement.GateController(rt.ctx, observe=observe)
+
+    @kopf.on.event("", "v1", "pods", registry=registry, id="placement-gates")
+    async def pod_event(event: Mapping[str, Any], **_: Any) -> None:
+        obj = event.get("object") or {}
+        gates.seen(obj, deleted=event.get("type") == "DELETED")
+
+    @kopf.on.cleanup(registry=registry, id="placement-cleanup")
+    async def stop_gates(**_: Any) -> None:
+        await gates.stop()
 
 
 async def _admission_event(api: kube.KubeApi, obj: Mapping[str, Any], outcome: webhook.ReviewOutcome) -> None:
@@ -315,8 +361,9 @@ async def _webhook_server(rt: Runtime) -> WebhookServer:
             admit=admit,
             addr=ws.host,
             port=ws.port,
-            path="/validate",
+            path="",
             certfile=ws.cert_file,
+            mutate=rt.mutation,
             pkeyfile=ws.key_file,
         )
     if ws.tls_mode != "self":
@@ -328,7 +375,13 @@ async def _webhook_server(rt: Runtime) -> WebhookServer:
     rt.tasks.append(asyncio.create_task(_keep_ca_bundle(rt, material), name="ca-bundle"))
     rt.ctx.certificate_loaded.set()
     return WebhookServer(
-        admit=admit, addr=ws.host, port=ws.port, path="/validate", certfile=str(cert), pkeyfile=str(key)
+        admit=admit,
+        mutate=rt.mutation,
+        addr=ws.host,
+        port=ws.port,
+        path="",
+        certfile=str(cert),
+        pkeyfile=str(key),
     )
 
 
@@ -341,6 +394,11 @@ async def _keep_ca_bundle(rt: Runtime, material: certs.TLSMaterial) -> None:
                 log.warning("ValidatingWebhookConfiguration %s not found; will retry", name)
         except Exception as e:
             log.warning("cannot patch the caBundle of %s: %s", name, e)
+        try:
+            # The placement webhook is optional in the chart: its absence is no warning.
+            await rt.api.patch_webhook_ca_bundle(name, material.ca_bundle, mutating=True)
+        except Exception as e:
+            log.warning("cannot patch the caBundle of MutatingWebhookConfiguration %s: %s", name, e)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(rt.stop.wait(), timeout=60)
 

@@ -120,12 +120,12 @@ class KubeApi:
         result: dict[str, Any] = await self.request("PUT", path, body=body)
         return result
 
-    async def read_webhook_configuration(self, name: str) -> dict[str, Any] | None:
-        return await self._get_or_none(f"{_WEBHOOKS}/{_quote(name)}")
+    async def read_webhook_configuration(self, name: str, *, mutating: bool = False) -> dict[str, Any] | None:
+        return await self._get_or_none(f"{_MUTATING if mutating else _WEBHOOKS}/{_quote(name)}")
 
-    async def patch_webhook_ca_bundle(self, name: str, ca_bundle_b64: str) -> bool:
+    async def patch_webhook_ca_bundle(self, name: str, ca_bundle_b64: str, *, mutating: bool = False) -> bool:
         """Set caBundle on every webhook of the configuration; False when it does not exist (yet)."""
-        current = await self.read_webhook_configuration(name)
+        current = await self.read_webhook_configuration(name, mutating=mutating)
         if current is None:
             return False
         hooks = current.get("webhooks") or []
@@ -140,17 +140,27 @@ class KubeApi:
         # A strategic-merge patch keyed by webhook name keeps every other field as the chart set it.
         await self.request(
             "PATCH",
-            f"{_WEBHOOKS}/{_quote(name)}",
+            f"{_MUTATING if mutating else _WEBHOOKS}/{_quote(name)}",
             body=patch,
             content_type="application/strategic-merge-patch+json",
         )
         return True
+
+    async def patch_pod_json(self, namespace: str, name: str, ops: Sequence[Mapping[str, Any]]) -> None:
+        """A JSONPatch on a pod (placement: expressions added and scheduling gate removed at once)."""
+        await self.request(
+            "PATCH",
+            f"{_core(namespace)}/pods/{_quote(name)}",
+            body=list(ops),
+            content_type="application/json-patch+json",
+        )
 
     async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
         await self.request("POST", f"{_core(namespace)}/events", body=body)
 
 
 _WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+_MUTATING = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 
 def _quote(segment: str) -> str:

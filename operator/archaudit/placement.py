@@ -1,0 +1,353 @@
+"""Placement glue: the mutating webhook `/mutate/pods` and the controller of its scheduling gate.
+
+The rules are pure (core/placement.py over the one engine); this module does the I/O around them:
+- `Mutation` answers a pod CREATE with a JSONPatch: the node-affinity expressions that keep the pod on
+  nodes where every image runs. Cached images are answered at once, from the same caches and with the
+  same memo idea as the validating webhook, so the warm path costs about what a validating review does.
+  An image not resolved within `placement.budget_seconds` gets the scheduling gate instead: the pod
+  is created, but not scheduled until the controller has placed it.
+- `GateController` (in every replica: an ungating update is conditional on the gate still being there,
+  so replicas racing for one pod cannot both apply) resolves a gated pod's images, adds the expressions
+  and removes the gate in one update (allowed on gated pods, KEP-3838), and after
+  `placement.gate_timeout_seconds` removes the gate anyway, with a Warning Event. Gated pods left from
+  before a restart arrive with the watch's initial listing, which is the start-up sweep.
+
+Never block, never strand: anything unexpected admits the pod unchanged (the configuration's
+failurePolicy is Ignore as well), and a gated pod is let go on time whatever the registry does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import functools
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from archaudit.context import Context
+from archaudit.core import placement as rules
+from archaudit.core import policy, scheduling, workloads
+from archaudit.core.engine import ImageResult
+from archaudit.core.errors import Reason, ResolutionError
+from archaudit.core.kubetypes import AdmissionReview
+from archaudit.resolution import resolve_images
+
+__all__ = ["MUTATING_WEBHOOKS", "GateController", "Mutation", "placement_enabled", "plan"]
+
+log = logging.getLogger(__name__)
+
+# Served under /mutate/<id>; the chart owns the MutatingWebhookConfiguration.
+MUTATING_WEBHOOKS = ("pods",)
+_SECTIONS = ("containers", "initContainers")  # ephemeral containers come later, on a running pod
+
+# (result, reason) -> metrics; reason "" unless skipped
+Observer = Callable[[str, str], None]
+
+
+def placement_enabled(ctx: Context, namespace: str) -> bool:
+    """Whether placement applies in this namespace: not exempt, and its label (or the default) says on."""
+    labels = ctx.namespaces.get(namespace, {})
+    exempt = ctx.settings.webhook.exempt_namespaces
+    if namespace in exempt or policy.IGNORE_LABEL in labels:
+        return False
+    return rules.namespace_enabled(labels, default=ctx.settings.placement.default == "on")
+
+
+class _PlacementMemo:
+    """Recent placements by everything they depend on, for the next pod of the same workload (see
+    webhook._DecisionMemo: the resolution objects are keyed by identity and kept alive by the entry)."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._entries: dict[tuple[Any, ...], tuple[rules.Placement, tuple[Any, ...]]] = {}
+
+    def get(self, key: tuple[Any, ...]) -> rules.Placement | None:
+        hit = self._entries.get(key)
+        return None if hit is None else hit[0]
+
+    def put(self, key: tuple[Any, ...], value: rules.Placement, keep: tuple[Any, ...]) -> None:
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[key] = (value, keep)
+
+
+_memo = _PlacementMemo()
+
+
+def plan(ctx: Context, spec: Mapping[str, Any], images: Sequence[ImageResult]) -> rules.Placement:
+    """`rules.place` over the live node map, memoized."""
+    settings = ctx.settings.placement
+    key = (
+        scheduling.scheduling_key(spec),
+        ctx.nodes.version,
+        id(ctx.nodes),
+        settings.prefer_architecture,
+        settings.prefer_weight,
+        tuple((name, image, id(result)) for name, image, result in images),
+    )
+    answer = _memo.get(key)
+    if answer is None:
+        answer = rules.place(
+            spec,
+            images,
+            ctx.schedulable_universe(),
+            prefer_architecture=settings.prefer_architecture,
+            prefer_weight=settings.prefer_weight,
+        )
+        _memo.put(key, answer, (ctx.nodes, *(result for _n, _i, result in images)))
+    return answer
+
+
+def _entries(ctx: Context, spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    exempt = ctx.settings.webhook.exempt_images
+    return [
+        (name, image)
+        for section, name, image in workloads.containers_of(spec)
+        if section in _SECTIONS and not policy.image_exempt(image, exempt)
+    ]
+
+
+def _timed_out(result: object) -> bool:
+    return isinstance(result, ResolutionError) and result.reason is Reason.TIMEOUT
+
+
+async def mutate(
+    ctx: Context, pod: Mapping[str, Any], namespace: str
+) -> tuple[list[dict[str, Any]], str, str]:
+    """(JSONPatch operations, result, skip reason) for one pod CREATE in a placement namespace."""
+    spec = rules.original_spec(pod.get("spec") or {}, rules.previous(pod))
+    skip = rules.skip_reason(pod, spec)
+    if skip is not None:
+        return [], rules.Result.SKIPPED.value, skip.value
+    entries = _entries(ctx, spec)
+    if not entries:
+        return [], rules.Result.SKIPPED.value, rules.Skip.NO_IMAGES.value
+    budget = ctx.settings.placement.budget_seconds
+    resolved = await resolve_images(ctx, namespace, spec, [image for _n, image in entries], budget)
+    if any(_timed_out(r) for r in resolved.values()):
+        # Not known in time: create the pod gated; the controller places it and lets it go.
+        gated = rules.Placement(rules.Result.GATED, "", why=f"an image was not resolved within {budget:g}s")
+        ops = rules.add_gate(pod.get("spec") or {}) + rules.patch(pod, gated)
+        return ops, rules.Result.GATED.value, ""
+    answer = plan(ctx, spec, [(name, image, resolved[image]) for name, image in entries])
+    return rules.patch(pod, answer), answer.result.value, answer.reason
+
+
+def response(review: Mapping[str, Any], ops: Sequence[Mapping[str, Any]]) -> AdmissionReview:
+    """Allowed, with the patch when there is one (`patchType: JSONPatch`, base64 of the JSON)."""
+    answer: dict[str, Any] = {"uid": review["request"]["uid"], "allowed": True}
+    if ops:
+        answer["patchType"] = "JSONPatch"
+        answer["patch"] = base64.b64encode(json.dumps(list(ops), separators=(",", ":")).encode()).decode()
+    return {
+        "apiVersion": review.get("apiVersion") or "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": answer,  # type: ignore[typeddict-item]
+    }
+
+
+class Mutation:
+    """`/mutate/pods` as one callable for the server; `observe(result, reason)` feeds metrics."""
+
+    def __init__(self, ctx_getter: Callable[[], Context], *, observe: Observer | None = None) -> None:
+        self.ctx_getter = ctx_getter
+        self.observe = observe
+
+    async def __call__(self, data: Mapping[str, Any], **_: Any) -> AdmissionReview:
+        request = data["request"]
+        res = request["resource"]
+        pod = request.get("object")
+        if (
+            request["operation"] != "CREATE"
+            or (res["group"], res["version"], res["resource"]) != ("", "v1", "pods")
+            or request.get("subResource")
+            or not isinstance(pod, Mapping)
+        ):
+            return response(data, [])
+        namespace = str(pod.get("metadata", {}).get("namespace") or request.get("namespace") or "")
+        try:
+            ctx = self.ctx_getter()
+            if not placement_enabled(ctx, namespace):
+                return response(data, [])
+            ops, result, reason = await mutate(ctx, pod, namespace)
+        except Exception:  # never block: a bug here admits the pod as it is
+            log.exception("placement of a pod in %s failed; admitted unchanged", namespace)
+            result, reason, ops = "error", "", []
+        if self.observe is not None:
+            self.observe(result, reason)
+        return response(data, ops)
+
+
+# --- the gate controller ---------------------------------------------------------------------------
+
+
+def _event(pod: Mapping[str, Any], reason: str, message: str) -> dict[str, Any]:
+    """A core/v1 Event about `pod`. The one place placement builds Events, so that moving to the shared
+    deduplicating emitter (adapters/events.py, in progress) is one edit."""
+    meta = pod.get("metadata", {})
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "metadata": {
+            "generateName": f"{meta.get('name', 'pod')}.archaudit.",
+            "namespace": meta.get("namespace"),
+        },
+        "involvedObject": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
+        "reason": reason,
+        "type": "Warning",
+        "message": message[:1024],
+        "source": {"component": "archaudit-placement"},
+        "reportingComponent": "archaudit.io/placement",
+        "reportingInstance": socket.gethostname(),
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+
+
+def _created_at(pod: Mapping[str, Any]) -> float:
+    raw = pod.get("metadata", {}).get("creationTimestamp")
+    try:
+        return dt.datetime.fromisoformat(str(raw).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def ungate_patch(pod: Mapping[str, Any], answer: rules.Placement) -> list[dict[str, Any]]:
+    """One update: the placement's expressions, the annotation, and the gate list without ours. The
+    `test` makes it conditional: if another replica ungated the pod first, the apiserver refuses it."""
+    spec = pod.get("spec") or {}
+    gates = rules.remove_gate(spec)
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": "/spec/schedulingGates", "value": spec.get("schedulingGates")},
+        *rules.patch(pod, answer),
+    ]
+    if gates:
+        ops.append({"op": "replace", "path": "/spec/schedulingGates", "value": gates})
+    else:
+        ops.append({"op": "remove", "path": "/spec/schedulingGates"})
+    return ops
+
+
+class GateController:
+    """Places gated pods and lets them go: one task per gated pod, in every replica.
+
+    `observe(result, reason)` feeds the placement metrics; `gated()` (pods gated now and the oldest
+    gate's creation time) is read by the metrics at scrape time.
+    """
+
+    def __init__(self, ctx: Context, *, observe: Observer | None = None) -> None:
+        self.ctx = ctx
+        self.observe = observe
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._gated: dict[str, float] = {}  # uid -> creation time of pods gated now
+
+    def gated(self) -> tuple[int, float | None]:
+        return len(self._gated), min(self._gated.values(), default=None)
+
+    def seen(self, pod: Mapping[str, Any], *, deleted: bool = False) -> None:
+        """A pod event from the watch: start working on a pod that carries our gate."""
+        uid = str(pod.get("metadata", {}).get("uid") or "")
+        if not uid:
+            return
+        if deleted or not rules.has_gate(pod.get("spec") or {}):
+            self._gated.pop(uid, None)
+            task = self._tasks.pop(uid, None)
+            if task is not None and deleted:
+                task.cancel()
+            return
+        self._gated[uid] = _created_at(pod)
+        if uid not in self._tasks:
+            task = asyncio.create_task(self._release(pod), name=f"placement-gate-{uid}")
+            self._tasks[uid] = task
+            task.add_done_callback(functools.partial(self._done, uid))
+
+    def _done(self, uid: str, _task: asyncio.Task[None]) -> None:
+        self._tasks.pop(uid, None)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _release(self, pod: Mapping[str, Any]) -> None:
+        ctx = self.ctx
+        meta = pod.get("metadata", {})
+        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        deadline = _created_at(pod) + ctx.settings.placement.gate_timeout_seconds
+        try:
+            spec = rules.original_spec(pod.get("spec") or {}, rules.previous(pod))
+            entries = _entries(ctx, spec)
+            resolved = await resolve_images(
+                ctx, namespace, spec, [image for _n, image in entries], max(deadline - time.time(), 0.0)
+            )
+            if any(_timed_out(r) for r in resolved.values()) or time.time() >= deadline:
+                await self._timeout(pod)
+                return
+            answer = plan(ctx, spec, [(n, image, resolved[image]) for n, image in entries])
+            if answer.result is rules.Result.SKIPPED:
+                answer = rules.Placement(rules.Result.SKIPPED, answer.reason)
+            await self._patch(pod, answer)
+            if self.observe is not None:
+                self.observe(answer.result.value, answer.reason)
+            log.info("placed gated pod %s/%s: %s", namespace, name, answer.result.value)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("placing gated pod %s/%s failed; removing the gate", namespace, name)
+            await self._timeout(pod)
+
+    async def _timeout(self, pod: Mapping[str, Any]) -> None:
+        timeout = self.ctx.settings.placement.gate_timeout_seconds
+        # Let go unchanged; the annotation says why it was not placed.
+        result = rules.Result.UNGATED_TIMEOUT
+        if not await self._patch(pod, rules.Placement(result, ""), note=f"not placed within {timeout:g}s"):
+            return
+        if self.observe is not None:
+            self.observe(result.value, "")
+        meta = pod.get("metadata", {})
+        message = (
+            f"archaudit could not resolve this pod's images within {timeout:g}s; scheduling gate "
+            f"{rules.GATE} removed without placement"
+        )
+        api = self.ctx.api
+        if api is not None:
+            try:
+                await api.create_event(str(meta.get("namespace")), _event(pod, "PlacementTimeout", message))
+            except Exception as e:  # an Event is a courtesy
+                log.debug("could not create an event for %s: %s", meta.get("name"), e)
+
+    async def _patch(self, pod: Mapping[str, Any], answer: rules.Placement, *, note: str = "") -> bool:
+        api = self.ctx.api
+        if api is None:
+            return False
+        meta = pod.get("metadata", {})
+        ops = ungate_patch(pod, answer)
+        if note:
+            ops = [op for op in ops if not op["path"].startswith("/metadata/annotations")]
+            ops.extend(_result_annotation(pod, answer.result.value, note))
+        try:
+            await api.patch_pod_json(str(meta.get("namespace")), str(meta.get("name")), ops)
+        except Exception as e:
+            # Ungated by another replica (the test failed), or deleted meanwhile: nothing left to do.
+            log.debug("ungating %s/%s: %s", meta.get("namespace"), meta.get("name"), e)
+            return False
+        return True
+
+
+def _result_annotation(pod: Mapping[str, Any], result: str, why: str) -> list[dict[str, Any]]:
+    value = json.dumps({"result": result, "why": why}, sort_keys=True, separators=(",", ":"))
+    path = "/metadata/annotations/" + rules.ANNOTATION.replace("~", "~0").replace("/", "~1")
+    if "annotations" not in (pod.get("metadata") or {}):
+        return [{"op": "add", "path": "/metadata/annotations", "value": {rules.ANNOTATION: value}}]
+    return [{"op": "add", "path": path, "value": value}]

@@ -1,0 +1,181 @@
+"""`/mutate/pods` (placement.Mutation): the AdmissionReview it answers, what it patches, when it gates.
+
+The rules are tested in test_placement.py and against the real apiserver and scheduler in
+tests/e2e/test_placement.py; here the wire format, the namespace switch and the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jsonpatch
+
+from archaudit import placement
+from archaudit.adapters.resolver import Resolution
+from archaudit.context import Context, NodeMap
+from archaudit.core import config
+from archaudit.core.credentials import Credential
+from archaudit.core.manifests import ImagePlatforms, PlatformEntry
+from archaudit.core.platforms import Platform
+from archaudit.core.reference import ImageReference
+from tests.unit.test_admission import node_object, review
+
+ARM64_ONLY = ImagePlatforms(
+    "sha256:" + "b" * 64,
+    "application/vnd.oci.image.manifest.v1+json",
+    "manifest",
+    (PlatformEntry(Platform("linux", "arm64"), "sha256:" + "b" * 64),),
+)
+
+
+class Credentials:
+    async def for_pod(
+        self, namespace: str, spec: Mapping[str, Any], image: ImageReference
+    ) -> Sequence[Credential]:
+        return ()
+
+    def peek_for_pod(
+        self, namespace: str, spec: Mapping[str, Any], image: ImageReference
+    ) -> Sequence[Credential] | None:
+        return ()
+
+
+class Resolver:
+    """Cached: answers from `peek` at once; `hang`: nothing cached and the registry never answers."""
+
+    def __init__(self, *, hang: bool = False) -> None:
+        self.hang = hang
+
+    async def resolve(self, ref: ImageReference, credentials: Sequence[Credential] = ()) -> Resolution:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    def peek(self, ref: ImageReference, credentials: Sequence[Credential] = ()) -> Resolution | None:
+        if self.hang:
+            return None
+        return Resolution(reference=ref, image=ARM64_ONLY)
+
+
+def context(*, hang: bool = False, default: str = "off", labels: Mapping[str, str] | None = None) -> Context:
+    nodes = NodeMap()
+    nodes.replace_all([node_object("amd-1", "amd64"), node_object("arm-1", "arm64")])
+    settings = dataclasses.replace(
+        config.Settings(), placement=config.PlacementSettings(default=default, budget_seconds=0.05)
+    )
+    ctx = Context(
+        settings=settings,
+        resolver=Resolver(hang=hang),
+        nodes=nodes,
+        credentials=Credentials(),
+        metrics=None,  # type: ignore[arg-type]
+    )
+    ctx.namespaces["ns"] = dict(labels if labels is not None else {"archaudit.io/placement": "on"})
+    return ctx
+
+
+POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "p", "namespace": "ns"},
+    "spec": {"containers": [{"name": "app", "image": "example.test/app:1"}]},
+}
+
+
+def mutate(
+    ctx: Context, body: dict[str, Any] | None = None, **extra: Any
+) -> tuple[dict[str, Any], list[str]]:
+    seen: list[str] = []
+    mutation = placement.Mutation(
+        lambda: ctx, observe=lambda result, reason: seen.append(f"{result}:{reason}")
+    )
+    data = review(obj=body or POD, **extra)
+    answer = asyncio.run(mutation(data))
+    assert answer["response"]["uid"] == data["request"]["uid"]
+    assert answer["response"]["allowed"] is True
+    return dict(answer["response"]), seen
+
+
+def patched(answer: Mapping[str, Any], body: dict[str, Any] | None = None) -> dict[str, Any]:
+    assert answer["patchType"] == "JSONPatch"
+    ops = json.loads(base64.b64decode(answer["patch"]))
+    result: dict[str, Any] = jsonpatch.apply_patch(body or POD, ops)
+    return result
+
+
+def test_a_cached_arm64_only_image_is_placed_at_once() -> None:
+    answer, seen = mutate(context())
+    pod = patched(answer)
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms == {
+        "nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}]}
+        ]
+    }
+    assert json.loads(pod["metadata"]["annotations"]["archaudit.io/placement"])["result"] == "placed"
+    assert seen == ["placed:"]
+
+
+def test_a_namespace_without_the_label_follows_the_default() -> None:
+    answer, seen = mutate(context(labels={}))
+    assert "patch" not in answer
+    assert seen == []
+    answer, _ = mutate(context(labels={}, default="on"))
+    assert "patch" in answer
+    answer, _ = mutate(context(labels={"archaudit.io/placement": "off"}, default="on"))
+    assert "patch" not in answer
+    answer, _ = mutate(context(labels={"archaudit.io/placement": "on", "archaudit.io/ignore": ""}))
+    assert "patch" not in answer
+
+
+def test_an_image_not_resolved_within_the_budget_gets_the_gate() -> None:
+    answer, seen = mutate(context(hang=True))
+    pod = patched(answer)
+    assert pod["spec"]["schedulingGates"] == [{"name": "archaudit.io/placement"}]
+    assert "affinity" not in pod["spec"]
+    assert json.loads(pod["metadata"]["annotations"]["archaudit.io/placement"])["result"] == "gated"
+    assert seen == ["gated:"]
+
+
+def test_only_pod_create_is_mutated() -> None:
+    for extra in ({"operation": "UPDATE"}, {"sub": "ephemeralcontainers", "operation": "UPDATE"}):
+        answer, seen = mutate(context(), **extra)
+        assert "patch" not in answer
+        assert seen == []
+
+
+def test_a_skipped_pod_is_counted_with_its_reason() -> None:
+    bound = {**POD, "spec": {**POD["spec"], "nodeName": "amd-1"}}
+    answer, seen = mutate(context(), bound)
+    assert "patch" not in answer
+    assert seen == ["skipped:node-name"]
+
+
+def test_a_broken_context_admits_unchanged() -> None:
+    def broken() -> Context:
+        raise RuntimeError("boom")
+
+    answer = asyncio.run(placement.Mutation(broken)(review(obj=POD)))
+    assert answer["response"] == {"uid": review()["request"]["uid"], "allowed": True}
+
+
+def test_the_server_routes_mutate_and_validate_paths() -> None:
+    from archaudit import app
+
+    async def admit(data: Mapping[str, Any], **_: Any) -> Mapping[str, Any]:
+        return {}
+
+    async def mutate_(data: Mapping[str, Any], **_: Any) -> Mapping[str, Any]:
+        return {}
+
+    routes = app._Routes(admit, mutate_)
+    assert routes.find("validate/pods") is admit
+    assert routes.find("pods") is admit  # a server rooted at /validate
+    assert routes.find("mutate/pods") is mutate_
+    assert routes.find("mutate/workloads") is None
+    assert routes.find("validate/mutate") is None
+    assert app._Routes(admit, None).find("mutate/pods") is None
