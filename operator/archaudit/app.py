@@ -26,6 +26,7 @@ import kopf
 
 from archaudit import __version__, placement, webhook
 from archaudit.adapters import certs, kube, metrics
+from archaudit.adapters.placement_metrics import PlacementMetrics
 from archaudit.adapters.resolver import Resolver
 from archaudit.context import Context, NodeMap
 from archaudit.core import config
@@ -300,11 +301,10 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
 def _register_placement(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     """`/mutate/pods` and the gate controller; the pod watch is shared with the auditor's (one stream)."""
 
-    def observe(result: str, reason: str) -> None:
-        log.debug("placement: %s %s", result, reason)
-
-    rt.mutation = placement.Mutation(lambda: rt.ctx, observe=observe)
-    gates = rt.gates = placement.GateController(rt.ctx, observe=observe)
+    gates = rt.gates = placement.GateController(rt.ctx)
+    observed = PlacementMetrics(rt.metrics.registry, gates.gated)
+    gates.observe = observed.observe
+    rt.mutation = placement.Mutation(lambda: rt.ctx, observe=observed.observe)
 
     @kopf.on.event("", "v1", "pods", registry=registry, id="placement-gates")
     async def pod_event(event: Mapping[str, Any], **_: Any) -> None:
