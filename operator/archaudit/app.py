@@ -306,7 +306,14 @@ def _register_placement(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     gates.observe = observed.observe
     rt.mutation = placement.Mutation(lambda: rt.ctx, observe=observed.observe)
 
-    @kopf.on.event("", "v1", "pods", registry=registry, id="placement-gates")
+    @kopf.on.event(
+        "",
+        "v1",
+        "pods",
+        registry=registry,
+        id="placement-gates",
+        when=lambda body, **_: gates.interesting(body),
+    )
     async def pod_event(event: Mapping[str, Any], **_: Any) -> None:
         obj = event.get("object") or {}
         gates.seen(obj, deleted=event.get("type") == "DELETED")

@@ -22,6 +22,7 @@ import asyncio
 import base64
 import datetime as dt
 import functools
+import itertools
 import json
 import logging
 import socket
@@ -255,6 +256,13 @@ class GateController:
     def gated(self) -> tuple[int, float | None]:
         return len(self._gated), min(self._gated.values(), default=None)
 
+    def interesting(self, pod: Mapping[str, Any]) -> bool:
+        """Whether a pod event concerns the controller: a pod with our gate, or one it still counts.
+        Everything else is filtered before kopf runs (and logs) a handler for it."""
+        if rules.has_gate(pod.get("spec") or {}):
+            return True
+        return str(pod.get("metadata", {}).get("uid") or "") in self._gated
+
     def seen(self, pod: Mapping[str, Any], *, deleted: bool = False) -> None:
         """A pod event from the watch: start working on a pod that carries our gate."""
         uid = str(pod.get("metadata", {}).get("uid") or "")
@@ -328,21 +336,43 @@ class GateController:
                 log.debug("could not create an event for %s: %s", meta.get("name"), e)
 
     async def _patch(self, pod: Mapping[str, Any], answer: rules.Placement, *, note: str = "") -> bool:
+        """Place and ungate in one update; True when this replica removed the gate.
+
+        A failed update is retried on a fresh read of the pod (backing off up to 5 s) until it applies
+        or the pod is gone or ungated by someone else (another replica: its `test` made ours fail): a
+        gate is never left behind because one request failed.
+        """
         api = self.ctx.api
         if api is None:
             return False
         meta = pod.get("metadata", {})
-        ops = ungate_patch(pod, answer)
-        if note:
-            ops = [op for op in ops if not op["path"].startswith("/metadata/annotations")]
-            ops.extend(_result_annotation(pod, answer.result.value, note))
-        try:
-            await api.patch_pod_json(str(meta.get("namespace")), str(meta.get("name")), ops)
-        except Exception as e:
-            # Ungated by another replica (the test failed), or deleted meanwhile: nothing left to do.
-            log.debug("ungating %s/%s: %s", meta.get("namespace"), meta.get("name"), e)
-            return False
-        return True
+        namespace, name, uid = str(meta.get("namespace")), str(meta.get("name")), meta.get("uid")
+        current = pod
+        for attempt in itertools.count():
+            ops = ungate_patch(current, answer)
+            if note:
+                ops = [op for op in ops if not op["path"].startswith("/metadata/annotations")]
+                ops.extend(_result_annotation(current, answer.result.value, note))
+            try:
+                await api.patch_pod_json(namespace, name, ops)
+                return True
+            except Exception as e:
+                level = logging.WARNING if attempt >= 2 else logging.DEBUG
+                log.log(level, "ungating %s/%s (attempt %d): %s", namespace, name, attempt + 1, e)
+            await asyncio.sleep(min(0.5 * 2**attempt, 5.0))
+            try:
+                fresh = await api.read_pod(namespace, name)
+            except Exception as e:
+                log.debug("reading %s/%s: %s", namespace, name, e)
+                continue
+            if (
+                fresh is None
+                or fresh.get("metadata", {}).get("uid") != uid
+                or not rules.has_gate(fresh["spec"])
+            ):
+                return False
+            current = fresh
+        return False  # unreachable: itertools.count() never ends
 
 
 def _result_annotation(pod: Mapping[str, Any], result: str, why: str) -> list[dict[str, Any]]:

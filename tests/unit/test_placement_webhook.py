@@ -179,3 +179,95 @@ def test_the_server_routes_mutate_and_validate_paths() -> None:
     assert routes.find("mutate/workloads") is None
     assert routes.find("validate/mutate") is None
     assert app._Routes(admit, None).find("mutate/pods") is None
+
+
+# --- the gate controller, over a fake apiserver --------------------------------------------------------
+
+
+class FakeApi:
+    """patch_pod_json / read_pod / create_event as the controller calls them; `failures` patches fail."""
+
+    def __init__(self, pod: dict[str, Any], failures: int = 0) -> None:
+        self.pod = pod
+        self.failures = failures
+        self.patches: list[list[Any]] = []
+        self.events: list[dict[str, Any]] = []
+
+    async def patch_pod_json(self, namespace: str, name: str, ops: Sequence[Mapping[str, Any]]) -> None:
+        self.patches.append(list(ops))
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("apiserver said 500")
+        self.pod = jsonpatch.apply_patch(self.pod, list(ops))  # raises on a failed `test`
+
+    async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.pod
+
+    async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
+        self.events.append(dict(body))
+
+
+def gated_pod(image: str = "example.test/app:1", created: str = "2999-01-01T00:00:00Z") -> dict[str, Any]:
+    body = json.loads(json.dumps(POD))
+    body["metadata"].update(uid="u-1", creationTimestamp=created)
+    body["spec"]["containers"][0]["image"] = image
+    body["spec"]["schedulingGates"] = [{"name": "archaudit.io/placement"}]
+    return body
+
+
+async def release(ctx: Context, api: FakeApi) -> list[str]:
+    seen: list[str] = []
+    ctx.api = api  # type: ignore[assignment]
+    controller = placement.GateController(ctx, observe=lambda r, why: seen.append(f"{r}:{why}"))
+    assert controller.interesting(api.pod)
+    controller.seen(api.pod)
+    assert controller.gated()[0] == 1
+    await asyncio.gather(*controller._tasks.values())
+    return seen
+
+
+def test_the_controller_places_and_ungates_in_one_update_retrying_a_failed_one() -> None:
+    api = FakeApi(gated_pod(), failures=1)
+    seen = asyncio.run(release(context(), api))
+    assert seen == ["placed:"]
+    assert len(api.patches) == 2  # the failed one, then the same on a fresh read
+    assert "schedulingGates" not in api.pod["spec"]
+    expressions = api.pod["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert expressions["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["arm64"]
+    assert api.patches[-1][0]["op"] == "test"  # conditional: another replica's ungating wins
+    assert api.events == []
+
+
+def test_a_pod_past_its_gate_timeout_is_let_go_with_a_warning_event() -> None:
+    api = FakeApi(gated_pod(created="2000-01-01T00:00:00Z"))
+    seen = asyncio.run(release(context(hang=True), api))
+    assert seen == ["ungated-timeout:"]
+    assert "schedulingGates" not in api.pod["spec"]
+    assert "affinity" not in api.pod["spec"]
+    assert (
+        json.loads(api.pod["metadata"]["annotations"]["archaudit.io/placement"])["result"]
+        == "ungated-timeout"
+    )
+    (event,) = api.events
+    assert (event["type"], event["reason"]) == ("Warning", "PlacementTimeout")
+    assert event["involvedObject"]["uid"] == "u-1"
+
+
+def test_a_pod_ungated_by_someone_else_is_left_alone() -> None:
+    api = FakeApi(gated_pod(), failures=1)
+    api.pod["spec"].pop("schedulingGates")  # what the fresh read will say
+    ctx = context()
+    ctx.api = api  # type: ignore[assignment]
+    controller = placement.GateController(ctx)
+
+    async def run() -> None:
+        controller.seen(gated_pod())
+        await asyncio.gather(*controller._tasks.values())
+
+    asyncio.run(run())
+    assert len(api.patches) == 1
+    controller.seen(api.pod)
+    assert controller.gated() == (0, None)
+    assert not controller.interesting(api.pod)

@@ -60,7 +60,7 @@ class KubeApi:
         path: str,
         *,
         query: Mapping[str, str] | None = None,
-        body: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | Sequence[Any] | None = None,
         content_type: str = "application/json",
     ) -> Any:
         """Blocking: one request, its JSON answer; ApiException for any status but 2xx."""
@@ -72,7 +72,8 @@ class KubeApi:
             path,
             query_params=list((query or {}).items()),
             header_params=headers,
-            body=dict(body) if body is not None else None,
+            # a JSONPatch body is a list of operations
+            body=None if body is None else dict(body) if isinstance(body, Mapping) else list(body),
             auth_settings=["BearerToken"],
         )
         response = self.client.call_api(
@@ -145,6 +146,9 @@ class KubeApi:
             content_type="application/strategic-merge-patch+json",
         )
         return True
+
+    async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._get_or_none(f"{_core(namespace)}/pods/{_quote(name)}")
 
     async def patch_pod_json(self, namespace: str, name: str, ops: Sequence[Mapping[str, Any]]) -> None:
         """A JSONPatch on a pod (placement: expressions added and scheduling gate removed at once)."""
