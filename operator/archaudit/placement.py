@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from archaudit.adapters.kube import KubeApi
 from archaudit.context import Context
 from archaudit.core import placement as rules
 from archaudit.core import policy, scheduling, workloads
@@ -38,7 +39,15 @@ from archaudit.core.errors import Reason, ResolutionError
 from archaudit.core.kubetypes import AdmissionReview
 from archaudit.resolution import resolve_images
 
-__all__ = ["MUTATING_WEBHOOKS", "GateController", "Mutation", "placement_enabled", "plan"]
+__all__ = [
+    "MUTATING_WEBHOOKS",
+    "GateController",
+    "Mutation",
+    "main",
+    "placement_enabled",
+    "plan",
+    "release_all",
+]
 
 log = logging.getLogger(__name__)
 
@@ -381,3 +390,59 @@ def _result_annotation(pod: Mapping[str, Any], result: str, why: str) -> list[di
     if "annotations" not in (pod.get("metadata") or {}):
         return [{"op": "add", "path": "/metadata/annotations", "value": {rules.ANNOTATION: value}}]
     return [{"op": "add", "path": path, "value": value}]
+
+
+# --- helm uninstall: the pre-delete hook ------------------------------------------------------------
+
+
+async def release_all(api: KubeApi, *, configuration: str) -> int:
+    """Delete the MutatingWebhookConfiguration (no new gates from here on), then remove archaudit's gate
+    from every pod that still has it: uninstalling never leaves a pod SchedulingGated. Returns how many
+    pods were released. Pods are released unchanged (no placement): the operator is going away."""
+    await api.delete_webhook_configuration(configuration, mutating=True)
+    released = 0
+    for pod in await api.list_pods():
+        spec = pod.get("spec") or {}
+        if not rules.has_gate(spec):
+            continue
+        meta = pod.get("metadata", {})
+        ops: list[dict[str, Any]] = [
+            {"op": "test", "path": "/spec/schedulingGates", "value": spec.get("schedulingGates")}
+        ]
+        gates = rules.remove_gate(spec)
+        ops.append(
+            {"op": "replace", "path": "/spec/schedulingGates", "value": gates}
+            if gates
+            else {"op": "remove", "path": "/spec/schedulingGates"}
+        )
+        ops.extend(_result_annotation(pod, "ungated-uninstall", "archaudit was uninstalled"))
+        try:
+            await api.patch_pod_json(str(meta.get("namespace")), str(meta.get("name")), ops)
+        except Exception as e:  # ungated meanwhile (the operator is still running), or deleted
+            log.info("pod %s/%s: %s", meta.get("namespace"), meta.get("name"), e)
+            continue
+        released += 1
+    return released
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m archaudit.placement release-gates --configuration NAME [--kubeconfig FILE]`: the
+    chart's pre-delete hook (in-cluster: the operator's ServiceAccount)."""
+    import argparse
+
+    from archaudit.adapters import kube
+
+    parser = argparse.ArgumentParser(prog="python -m archaudit.placement")
+    parser.add_argument("command", choices=["release-gates"])
+    parser.add_argument("--configuration", required=True, help="the MutatingWebhookConfiguration to delete")
+    parser.add_argument("--kubeconfig", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    api = kube.KubeApi(kube.load_client(args.kubeconfig))
+    released = asyncio.run(release_all(api, configuration=args.configuration))
+    print(f"MutatingWebhookConfiguration {args.configuration} deleted; {released} pod(s) released")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -719,6 +719,7 @@ def test_rbac_is_least_privilege() -> None:
         # placement: its webhook's caBundle, and ungating pods
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get"),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "delete"),  # pre-delete hook
         ("", "pods", "patch"),
     }
     webhook_rule = next(r for r in main["rules"] if "validatingwebhookconfigurations" in r["resources"])
@@ -965,3 +966,23 @@ def test_placement_settings_reach_the_operator_and_can_be_turned_off() -> None:
     assert ("", "pods", "patch") not in grants(one(docs, "ClusterRole", RELEASE)["rules"])
     fails_with(render_result(values={"placement.timeoutSeconds": 5}), "/placement/timeoutSeconds")
     fails_with(render_result(values={"placement.default": "yes"}), "/placement/default")
+
+
+def test_uninstall_releases_gated_pods_in_a_pre_delete_hook_as_the_operator() -> None:
+    docs = render()
+    job = one(docs, "Job", f"{RELEASE}-release-gates")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    (main,) = pod_spec["containers"]
+    assert main["command"] == ["python", "-m", "archaudit.placement", "release-gates"]
+    assert main["args"] == ["--configuration", one(docs, "MutatingWebhookConfiguration")["metadata"]["name"]]
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    rule = next(
+        r
+        for r in one(docs, "ClusterRole", RELEASE)["rules"]
+        if "mutatingwebhookconfigurations" in r["resources"]
+    )
+    assert rule["resourceNames"] == [RELEASE]
+    assert not of_kind(render(values={"placement.uninstallHook": False}), "Job")
+    assert not of_kind(render(values={"placement.enabled": False}), "Job")

@@ -271,3 +271,32 @@ def test_a_pod_ungated_by_someone_else_is_left_alone() -> None:
     controller.seen(api.pod)
     assert controller.gated() == (0, None)
     assert not controller.interesting(api.pod)
+
+
+def test_the_uninstall_hook_deletes_the_webhook_first_then_releases_every_gated_pod() -> None:
+    calls: list[str] = []
+    other = {"metadata": {"name": "other", "namespace": "ns", "uid": "u-2"}, "spec": {"containers": []}}
+    pods = {"p": gated_pod(), "other": other}
+    pods["p"]["spec"]["schedulingGates"].append({"name": "someone.else/gate"})
+
+    class Api:
+        async def delete_webhook_configuration(self, name: str, *, mutating: bool = False) -> bool:
+            calls.append(f"delete {name} mutating={mutating}")
+            return True
+
+        async def list_pods(self) -> list[dict[str, Any]]:
+            calls.append("list")
+            return list(pods.values())
+
+        async def patch_pod_json(self, namespace: str, name: str, ops: Sequence[Mapping[str, Any]]) -> None:
+            calls.append(f"patch {name}")
+            pods[name] = jsonpatch.apply_patch(pods[name], list(ops))
+
+    released = asyncio.run(placement.release_all(Api(), configuration="archaudit"))  # type: ignore[arg-type]
+    assert released == 1
+    assert calls == ["delete archaudit mutating=True", "list", "patch p"]
+    assert pods["p"]["spec"]["schedulingGates"] == [{"name": "someone.else/gate"}]
+    assert (
+        json.loads(pods["p"]["metadata"]["annotations"]["archaudit.io/placement"])["result"]
+        == "ungated-uninstall"
+    )

@@ -147,6 +147,28 @@ class KubeApi:
         )
         return True
 
+    async def list_pods(self, *, page: int = 500) -> list[dict[str, Any]]:
+        """Every pod of the cluster, in pages (the pre-delete hook looks for gated pods)."""
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            query = {"limit": str(page), **({"continue": token} if token else {})}
+            answer = await self.request("GET", "/api/v1/pods", query=query)
+            items.extend(answer.get("items") or [])
+            token = (answer.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items
+
+    async def delete_webhook_configuration(self, name: str, *, mutating: bool = False) -> bool:
+        """Delete a webhook configuration; False when it was not there."""
+        try:
+            await self.request("DELETE", f"{_MUTATING if mutating else _WEBHOOKS}/{_quote(name)}")
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._get_or_none(f"{_core(namespace)}/pods/{_quote(name)}")
 
