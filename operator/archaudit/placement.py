@@ -130,6 +130,10 @@ async def mutate(
     ctx: Context, pod: Mapping[str, Any], namespace: str
 ) -> tuple[list[dict[str, Any]], str, str]:
     """(JSONPatch operations, result, skip reason) for one pod CREATE in a placement namespace."""
+    if rules.has_gate(pod.get("spec") or {}):
+        # A reinvocation of a pod gated earlier in this request: the controller judges every image the
+        # pod has when it removes the gate; waiting for the registry again here would only add latency.
+        return [], rules.Result.GATED.value, ""
     spec = rules.original_spec(pod.get("spec") or {}, rules.previous(pod))
     skip = rules.skip_reason(pod, spec)
     if skip is not None:

@@ -300,3 +300,11 @@ def test_the_uninstall_hook_deletes_the_webhook_first_then_releases_every_gated_
         json.loads(pods["p"]["metadata"]["annotations"]["archaudit.io/placement"])["result"]
         == "ungated-uninstall"
     )
+
+
+def test_a_reinvocation_of_a_gated_pod_keeps_the_gate_without_waiting_again() -> None:
+    answer, _ = mutate(context(hang=True))
+    gated = patched(answer)
+    again, seen = mutate(context(hang=True), gated)
+    assert "patch" not in again
+    assert seen == ["gated:"]
