@@ -308,3 +308,18 @@ def test_a_reinvocation_of_a_gated_pod_keeps_the_gate_without_waiting_again() ->
     again, seen = mutate(context(hang=True), gated)
     assert "patch" not in again
     assert seen == ["gated:"]
+
+
+def test_a_gated_pod_is_judged_with_the_constraint_it_gets_when_ungated() -> None:
+    from archaudit import webhook
+
+    ctx = context()
+    ctx.namespaces["ns"] = {"archaudit.io/placement": "on", "archaudit.io/mode": "enforce"}
+    gated = gated_pod()
+    plain = json.loads(json.dumps(POD))
+    outcome = asyncio.run(webhook.review(ctx, obj=plain, old=None, namespace="ns", subresource=None))
+    assert outcome.decision is not None
+    assert outcome.decision.verdict == "AtRisk"  # unconstrained, it may land on amd-1
+    outcome = asyncio.run(webhook.review(ctx, obj=gated, old=None, namespace="ns", subresource=None))
+    assert outcome.decision is not None
+    assert (outcome.decision.verdict, outcome.warnings) == ("Compatible", ())
