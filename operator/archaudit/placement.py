@@ -35,9 +35,9 @@ from archaudit.context import Context
 from archaudit.core import placement as rules
 from archaudit.core import policy, scheduling, workloads
 from archaudit.core.engine import ImageResult
-from archaudit.core.errors import Reason, ResolutionError
+from archaudit.core.errors import ResolutionError
 from archaudit.core.kubetypes import AdmissionReview
-from archaudit.resolution import resolve_images
+from archaudit.resolution import DeadlineExpiredError, resolve_images
 
 __all__ = [
     "MUTATING_WEBHOOKS",
@@ -123,7 +123,9 @@ def _entries(ctx: Context, spec: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _timed_out(result: object) -> bool:
-    return isinstance(result, ResolutionError) and result.reason is Reason.TIMEOUT
+    """Still being resolved when the deadline passed; a registry's own failure (or a cached one, while
+    the registry is known to be down) is an answer, and gating the pod for it would only delay it."""
+    return isinstance(result, DeadlineExpiredError)
 
 
 async def mutate(
@@ -315,6 +317,12 @@ class GateController:
             if any(_timed_out(r) for r in resolved.values()) or time.time() >= deadline:
                 await self._timeout(pod)
                 return
+            failed = sorted(
+                {f"{r.reason.value}" for r in resolved.values() if isinstance(r, ResolutionError)}
+            )
+            if failed:
+                await self._unresolved(pod, failed)
+                return
             answer = plan(ctx, spec, [(n, image, resolved[image]) for n, image in entries])
             if answer.result is rules.Result.SKIPPED:
                 answer = rules.Placement(rules.Result.SKIPPED, answer.reason)
@@ -328,6 +336,26 @@ class GateController:
             log.exception("placing gated pod %s/%s failed; removing the gate", namespace, name)
             await self._timeout(pod)
 
+    async def _unresolved(self, pod: Mapping[str, Any], reasons: Sequence[str]) -> None:
+        """The registry answered with a failure: let the pod go unplaced now, rather than at the timeout."""
+        why = f"an image could not be resolved ({', '.join(reasons)})"
+        if not await self._patch(pod, rules.Placement(rules.Result.SKIPPED, rules.Skip.UNRESOLVED), note=why):
+            return
+        if self.observe is not None:
+            self.observe(rules.Result.SKIPPED.value, rules.Skip.UNRESOLVED.value)
+        message = f"archaudit could not place this pod: {why}; scheduling gate {rules.GATE} removed"
+        await self._emit(pod, "PlacementUnresolved", message)
+
+    async def _emit(self, pod: Mapping[str, Any], reason: str, message: str) -> None:
+        api = self.ctx.api
+        if api is None:
+            return
+        meta = pod.get("metadata", {})
+        try:
+            await api.create_event(str(meta.get("namespace")), _event(pod, reason, message))
+        except Exception as e:  # an Event is a courtesy
+            log.debug("could not create an event for %s: %s", meta.get("name"), e)
+
     async def _timeout(self, pod: Mapping[str, Any]) -> None:
         timeout = self.ctx.settings.placement.gate_timeout_seconds
         # Let go unchanged; the annotation says why it was not placed.
@@ -336,17 +364,11 @@ class GateController:
             return
         if self.observe is not None:
             self.observe(result.value, "")
-        meta = pod.get("metadata", {})
         message = (
             f"archaudit could not resolve this pod's images within {timeout:g}s; scheduling gate "
             f"{rules.GATE} removed without placement"
         )
-        api = self.ctx.api
-        if api is not None:
-            try:
-                await api.create_event(str(meta.get("namespace")), _event(pod, "PlacementTimeout", message))
-            except Exception as e:  # an Event is a courtesy
-                log.debug("could not create an event for %s: %s", meta.get("name"), e)
+        await self._emit(pod, "PlacementTimeout", message)
 
     async def _patch(self, pod: Mapping[str, Any], answer: rules.Placement, *, note: str = "") -> bool:
         """Place and ungate in one update; True when this replica removed the gate.

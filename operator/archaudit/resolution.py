@@ -21,11 +21,16 @@ from archaudit.core.manifests import ImagePlatforms
 from archaudit.core.reference import ImageReference
 from archaudit.core.reference import parse as parse_reference
 
-__all__ = ["Resolved", "resolve_images"]
+__all__ = ["DeadlineExpiredError", "Resolved", "resolve_images"]
 
 log = logging.getLogger(__name__)
 
 Resolved = ImagePlatforms | ResolutionError
+
+
+class DeadlineExpiredError(ResolutionError):
+    """The caller's deadline passed while the registry was still being asked: the answer may yet come
+    (placement gates the pod and waits for it), unlike a failure the registry gave or the cache holds."""
 
 
 async def _resolve_one(
@@ -93,7 +98,7 @@ async def resolve_images(
                 Reason.REGISTRY_ERROR, f"image {img}: internal error ({type(exc).__name__})"
             )
         else:
-            results[img] = ResolutionError(
+            results[img] = DeadlineExpiredError(
                 Reason.TIMEOUT, f"image {img}: the registry did not answer within {deadline:.1f}s"
             )
     return {img: results[img] for img in dict.fromkeys(images)}

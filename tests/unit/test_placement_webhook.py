@@ -20,6 +20,7 @@ from archaudit.adapters.resolver import Resolution
 from archaudit.context import Context, NodeMap
 from archaudit.core import config
 from archaudit.core.credentials import Credential
+from archaudit.core.errors import Reason, ResolutionError
 from archaudit.core.manifests import ImagePlatforms, PlatformEntry
 from archaudit.core.platforms import Platform
 from archaudit.core.reference import ImageReference
@@ -48,20 +49,25 @@ class Credentials:
 class Resolver:
     """Cached: answers from `peek` at once; `hang`: nothing cached and the registry never answers."""
 
-    def __init__(self, *, hang: bool = False) -> None:
+    def __init__(self, *, hang: bool = False, down: bool = False) -> None:
         self.hang = hang
+        self.down = down  # the cache remembers the registry's own timeout
 
     async def resolve(self, ref: ImageReference, credentials: Sequence[Credential] = ()) -> Resolution:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
     def peek(self, ref: ImageReference, credentials: Sequence[Credential] = ()) -> Resolution | None:
+        if self.down:
+            raise ResolutionError(Reason.TIMEOUT, f"image {ref}: registry timeout (cached)")
         if self.hang:
             return None
         return Resolution(reference=ref, image=ARM64_ONLY)
 
 
-def context(*, hang: bool = False, default: str = "off", labels: Mapping[str, str] | None = None) -> Context:
+def context(
+    *, hang: bool = False, down: bool = False, default: str = "off", labels: Mapping[str, str] | None = None
+) -> Context:
     nodes = NodeMap()
     nodes.replace_all([node_object("amd-1", "amd64"), node_object("arm-1", "arm64")])
     settings = dataclasses.replace(
@@ -69,7 +75,7 @@ def context(*, hang: bool = False, default: str = "off", labels: Mapping[str, st
     )
     ctx = Context(
         settings=settings,
-        resolver=Resolver(hang=hang),
+        resolver=Resolver(hang=hang, down=down),
         nodes=nodes,
         credentials=Credentials(),
         metrics=None,  # type: ignore[arg-type]
@@ -323,3 +329,20 @@ def test_a_gated_pod_is_judged_with_the_constraint_it_gets_when_ungated() -> Non
     outcome = asyncio.run(webhook.review(ctx, obj=gated, old=None, namespace="ns", subresource=None))
     assert outcome.decision is not None
     assert (outcome.decision.verdict, outcome.warnings) == ("Compatible", ())
+
+
+def test_a_registry_known_to_be_down_is_no_reason_to_gate() -> None:
+    answer, seen = mutate(context(down=True))
+    assert "patch" not in answer
+    assert seen == ["skipped:unresolved"]
+
+
+def test_a_gated_pod_whose_image_fails_is_let_go_at_once_with_a_warning_event() -> None:
+    api = FakeApi(gated_pod())
+    seen = asyncio.run(release(context(down=True), api))
+    assert seen == ["skipped:unresolved"]
+    assert "schedulingGates" not in api.pod["spec"]
+    note = json.loads(api.pod["metadata"]["annotations"]["archaudit.io/placement"])
+    assert note == {"result": "skipped", "why": "an image could not be resolved (timeout)"}
+    (event,) = api.events
+    assert (event["type"], event["reason"]) == ("Warning", "PlacementUnresolved")
