@@ -84,9 +84,10 @@ async def resolver_factory() -> AsyncIterator[Callable[..., Any]]:
     HTTP setups are named insecure, and `registry_host` redirects to another host (the fault proxy).
     Every resolver made is closed after the test.
     """
+    from archaudit.adapters.registry.files import registries_from_file
     from archaudit.adapters.resolver import Resolver
     from archaudit.core.config import RegistrySettings
-    from archaudit.core.mirrors import EMPTY, RegistriesConfig
+    from archaudit.core.mirrors import EMPTY
 
     made: list[Resolver] = []
 
@@ -103,7 +104,7 @@ async def resolver_factory() -> AsyncIterator[Callable[..., Any]]:
         target = host or registry.host
         if config:
             yaml_path = seeded.directory / f"registries-{target.replace(':', '_')}.yaml"
-            registries = RegistriesConfig.from_file(
+            registries = registries_from_file(
                 registry.registries_yaml(yaml_path)
                 if host is None
                 else _retarget(registry, target, yaml_path)

@@ -25,7 +25,8 @@ from typing import Any
 import kopf
 
 from archaudit import __version__, placement, webhook
-from archaudit.adapters import certs, kube, metrics
+from archaudit.adapters import certs, events, kube, metrics
+from archaudit.adapters.auditstore import AuditStore
 from archaudit.adapters.placement_metrics import PlacementMetrics
 from archaudit.adapters.resolver import Resolver
 from archaudit.context import Context, NodeMap
@@ -224,7 +225,7 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.posting.enabled = False  # we write our own Events, deliberately and deduplicated
+        settings.posting.enabled = False  # we write our own Events, deduplicated (adapters/events.py)
         settings.networking.request_timeout = 30
         settings.watching.server_timeout = 300
         rt.server = settings.admission.server = await _webhook_server(rt)
@@ -237,6 +238,8 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         )
         ctx.namespaces_filled.set()
         rt.tasks.append(asyncio.create_task(rt.elector.run(rt.stop), name="leader-election"))
+        if ctx.events is not None:
+            rt.tasks.append(asyncio.create_task(ctx.events.run(rt.stop), name="events"))
         log.info(
             "archaudit %s started: %d nodes, mode %s, event loop %s",
             __version__,
@@ -280,9 +283,9 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         rt.metrics.observe_admission(kind, operation, outcome.mode.value, decision, max(seconds, 0.0))
 
     def on_warning_event(obj: Mapping[str, Any], outcome: webhook.ReviewOutcome) -> None:
-        task = asyncio.create_task(_admission_event(rt.api, obj, outcome))
-        rt.tasks.append(task)
-        task.add_done_callback(lambda t: rt.tasks.remove(t) if t in rt.tasks else None)
+        # Synchronous and I/O-free: the emitter counts or queues the occurrence and returns.
+        if ctx.events is not None:
+            ctx.events.about_object(obj, outcome.warnings)
 
     rt.admission = webhook.Admission(
         lambda: ctx,
@@ -323,36 +326,14 @@ def _register_placement(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         await gates.stop()
 
 
-async def _admission_event(api: kube.KubeApi, obj: Mapping[str, Any], outcome: webhook.ReviewOutcome) -> None:
-    meta = obj.get("metadata", {})
-    namespace = meta.get("namespace") or "default"
-    name = meta.get("name") or meta.get("generateName") or "unnamed"
-    import datetime as dt
+def _workload_of(store: AuditStore) -> events.OwnerOf:
+    """The workload above a controller-made pod, from the auditor's owner cache (ReplicaSet, Job reads)."""
 
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    body = {
-        "metadata": {"generateName": f"{name}.archaudit.", "namespace": namespace},
-        "involvedObject": {
-            "apiVersion": obj.get("apiVersion", ""),
-            "kind": obj.get("kind", ""),
-            "name": name,
-            "namespace": namespace,
-            **({"uid": meta["uid"]} if meta.get("uid") else {}),
-        },
-        "reason": "ImageArchMismatch",
-        "type": "Warning",
-        "message": "; ".join(outcome.warnings)[:1024],
-        "source": {"component": "archaudit-webhook"},
-        "reportingComponent": "archaudit.io/webhook",
-        "reportingInstance": socket.gethostname(),
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-    }
-    try:
-        await api.create_event(namespace, body)
-    except Exception as e:  # an Event is a courtesy; its failure must not surface anywhere else
-        log.debug("could not create an event for %s/%s: %s", namespace, name, e)
+    async def owner_of(pod: Mapping[str, Any]) -> events.Involved:
+        ref = await store.top_level(pod)
+        return events.Involved(ref.api_version, ref.kind, ref.namespace, ref.name, ref.uid)
+
+    return owner_of
 
 
 async def _webhook_server(rt: Runtime) -> WebhookServer:
@@ -437,6 +418,9 @@ async def run(settings: config.Settings, *, kubeconfig: str | None = None) -> No
         name="archaudit-auditor",
         identity=socket.gethostname() + f"-{os.getpid()}",
     )
+    # One Event writer for the webhook and the auditor; its own owner cache, off the review's path.
+    emitter = events.EventEmitter(api, owner_of=_workload_of(AuditStore(api)))
+    state.events_from = lambda: emitter.stats
     ctx = Context(
         settings=settings,
         resolver=resolver,
@@ -445,6 +429,7 @@ async def run(settings: config.Settings, *, kubeconfig: str | None = None) -> No
         metrics=state,
         is_leader=elector.is_leader,
         api=api,
+        events=emitter,
     )
     rt = Runtime(settings=settings, api=api, ctx=ctx, metrics=exported, elector=elector, stop=stop)
     registry = build_registry(rt)

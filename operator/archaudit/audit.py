@@ -19,23 +19,27 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import socket
 import sys
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from archaudit.adapters.auditstore import AuditStore
+from archaudit.adapters.events import AUDITOR, Involved
 from archaudit.adapters.kube import KubeApi, load_client
+from archaudit.adapters.tagfinder import TagFinder, TagLister
 from archaudit.context import Context
-from archaudit.core import policy, reports, scheduling, workloads
+from archaudit.core import policy, readiness, reports, scheduling, workloads
 from archaudit.core.config import AuditSettings
+from archaudit.core.credentials import Credential
 from archaudit.core.errors import ResolutionError
 from archaudit.core.manifests import ImagePlatforms
+from archaudit.core.readiness import Requests
+from archaudit.core.reference import ImageReference
 from archaudit.core.reports import Container, PodFacts, RuntimeEvidence, WorkloadRef
 from archaudit.resolution import resolve_images
 
@@ -58,6 +62,7 @@ _CORE_EVENTS = ("", "v1", "events")  # kopf selector of core/v1 Events (not even
 ParentKey = tuple[str, str]  # (namespace, uid of the pod's controller, or of the pod itself)
 WorkloadKey = tuple[str, str, str]  # (namespace, kind, name)
 Resolved = ImagePlatforms | ResolutionError
+_NO_REQUESTS = Requests()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,7 @@ class _Pod:
     spec: Mapping[str, Any]  # scheduling and pull-credential fields only
     containers: tuple[Container, ...]
     evidence: tuple[RuntimeEvidence, ...]
+    requests: Requests = field(default=_NO_REQUESTS)  # shared: what one pod asks the scheduler for
 
     @property
     def parent(self) -> ParentKey:
@@ -154,7 +160,13 @@ def pod_record(obj: Mapping[str, Any], shared: _Interner | None = None) -> _Pod:
         spec=shared.mapping({k: spec[k] for k in _SPEC_KEYS if k in spec}),
         containers=shared.share(containers, containers),
         evidence=reports.evidence_from_pod(obj),
+        requests=_shared_requests(shared, spec),
     )
+
+
+def _shared_requests(shared: _Interner, spec: Mapping[str, Any]) -> Requests:
+    found = readiness.pod_requests(spec)
+    return shared.share(("requests", found), found)  # type: ignore[no-any-return]
 
 
 # Kinds whose pod template the auditor judges when they have no pods, with the apiVersion kopf watches.
@@ -178,6 +190,8 @@ class _Template:
     spec: Mapping[str, Any]  # scheduling and pull-credential fields, as the scheduler will see them
     containers: tuple[Container, ...]
     why: str  # why it has no pods, when it has none: "scaled to 0", "suspended", ...
+    replicas: int = 1  # pods it runs at once (a DaemonSet: 0 here, its pods are counted)
+    requests: Requests = field(default=_NO_REQUESTS)  # of one of its pods
 
     @property
     def namespace(self) -> str:
@@ -226,6 +240,8 @@ def template_record(kind: str, obj: Mapping[str, Any], shared: _Interner | None 
         spec=shared.mapping({k: spec[k] for k in _SPEC_KEYS if k in spec}),
         containers=shared.share(containers, containers),
         why=why,
+        replicas=readiness.replicas_of(kind, body),
+        requests=_shared_requests(shared, spec),
     )
 
 
@@ -264,6 +280,8 @@ class _Contribution:
     verdict: str
     incompatible_pods: Mapping[str, int]
     unresolved: Mapping[str, str]
+    runs_on: tuple[str, ...] = ()
+    cpu: int = 0  # millicores requested: one pod's requests times replicas
 
 
 @dataclass
@@ -290,6 +308,8 @@ class Auditor:
     full_due: bool = True
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     passes: int = 0  # completed passes, for tests and logs
+    finder: TagFinder | None = None  # the tag that fixes a blocking image (off: audit.fix_tags=false)
+    _targets: tuple[int, tuple[scheduling.Node, ...]] = (-1, ())  # (node map version, target nodes)
     _store: AuditStore | None = None
     _statuses_loaded: bool = False
     _listed: bool = False  # the initial pod listing has arrived (or was waited for long enough)
@@ -372,13 +392,58 @@ class Auditor:
         self.dirty.add(parent)
         self.wake.set()
 
+    def _touch_image(self, _namespace: str, image: str) -> None:
+        """The tag finder found (or lost) a fixing tag for `image`: re-report the workloads using it.
+
+        In every namespace: answers are per image (one search however many namespaces run it).
+        """
+        for pod in self.pods.values():
+            if any(c.image == image for c in pod.containers):
+                self.dirty.add(pod.parent)
+        for key, template in self.templates.items():
+            if any(c.image == image for c in template.containers):
+                self.dirty_templates.add(key)
+        self.wake.set()
+
     # --- the worker -----------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Audit passes until `stop`: after a burst of changes, and all workloads every resync."""
-        settings = self.ctx_getter().settings.audit
         next_full = time.monotonic()
         was_leader = False
+        finder_task = self._start_finder(stop)
+        try:
+            await self._passes(stop, next_full, was_leader)
+        finally:
+            if finder_task is not None:
+                finder_task.cancel()
+                await asyncio.gather(finder_task, return_exceptions=True)
+
+    def _start_finder(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        """The tag finder's background task, when enabled and the registry client can list tags."""
+        ctx = self.ctx_getter()
+        settings = ctx.settings.audit
+        if not settings.fix_tags:
+            return None
+        if self.finder is None:
+            # The resolver's transport is the registry client in production; a fake without
+            # list_tags (unit tests) simply means no fixing tags.
+            lister = getattr(ctx.resolver, "transport", None)
+            if not isinstance(lister, TagLister):
+                return None
+            limits = getattr(lister, "ratelimit_remaining", None)
+            self.finder = TagFinder(
+                lister,
+                ctx.resolver,
+                period_seconds=settings.fix_tags_period_seconds,
+                max_resolves=settings.fix_tags_max_resolves,
+                on_found=self._touch_image,
+                ratelimits=(lambda: dict(limits)) if isinstance(limits, dict) else dict,
+            )
+        return asyncio.create_task(self.finder.run(stop), name="archaudit-tag-finder")
+
+    async def _passes(self, stop: asyncio.Event, next_full: float, was_leader: bool) -> None:
+        settings = self.ctx_getter().settings.audit
         while not stop.is_set():
             # A standby replica looks at the lease often, so that taking over does not wait a resync.
             standby_deadline = time.monotonic() + _LEADER_POLL_SECONDS
@@ -549,6 +614,9 @@ class Auditor:
         name = reports.audit_name(workload)
         previous = self.statuses.get((namespace, name))
         extra = [(p.name, e) for p in pods for e in self.event_evidence.get((namespace, p.name), ())]
+        replicas, requests = self._size(workload, pods, self.templates.get(key))
+        targets = self._target_nodes(ctx)
+        finder = self.finder
         audit = reports.build(
             workload,
             facts,
@@ -557,10 +625,25 @@ class Auditor:
             previous=previous,
             extra_evidence=extra,
             template=template,
+            targets=targets,
+            replicas=replicas,
+            requests=requests,
+            fixes={img: finder.known(img) for img in image_results} if finder is not None else None,
         )
         self.contributions[key] = _Contribution(
-            namespace, audit.verdict.value, audit.incompatible_pods, audit.unresolved
+            namespace,
+            audit.verdict.value,
+            audit.incompatible_pods,
+            audit.unresolved,
+            audit.runs_on,
+            requests.cpu * replicas,
         )
+        if finder is not None and ctx.is_leader():
+            source: _Pod | _Template = pods[0] if pods else self.templates[key]
+            spec = source.spec
+            for img, lacking in audit.missing.items():
+                if lacking:
+                    finder.want(namespace, img, lacking, targets, _credentials_for(ctx, namespace, spec))
         self._count_mismatches(namespace, audit)
         if not ctx.is_leader():
             return
@@ -576,7 +659,33 @@ class Auditor:
                 raise RuntimeError(f"ImageAudit {namespace}/{name} vanished right after its creation")
         self.statuses[(namespace, name)] = audit.status
         if audit.announce:
-            await _announce(store, workload, audit)
+            _announce(ctx, workload, audit)
+
+    @staticmethod
+    def _size(
+        workload: WorkloadRef, pods: Sequence[_Pod], template: _Template | None
+    ) -> tuple[int, Requests]:
+        """(replicas, one pod's requests): from the workload's template, else from its pods."""
+        if template is not None:
+            replicas = len(pods) if workload.kind == "DaemonSet" else template.replicas
+            return replicas, template.requests
+        # A bare pod, or a controller archaudit does not watch (its pods are what runs)
+        return len(pods), pods[0].requests if pods else _NO_REQUESTS
+
+    def _target_nodes(self, ctx: Context) -> tuple[scheduling.Node, ...]:
+        """One virtual node per kind of node, cluster platform and common target (for runsOn)."""
+        version, nodes = self._targets
+        if version != ctx.nodes.version or not nodes:
+            forced = ctx.settings.cluster.runtime_profile
+            nodes = tuple(
+                readiness.target_nodes(
+                    ctx.nodes.all(),
+                    [*ctx.settings.cluster.platforms, *readiness.COMMON_TARGETS],
+                    profiles=(forced,) if forced else ("containerd",),
+                )
+            )
+            self._targets = (ctx.nodes.version, nodes)
+        return nodes
 
     def _facts(self, ctx: Context, pods: Sequence[_Pod], exempt: Sequence[str]) -> list[PodFacts]:
         universe = ctx.schedulable_universe()
@@ -648,6 +757,14 @@ class Auditor:
         state.workloads = dict(workloads_by)
         state.pods_on_incompatible_nodes = dict(pods_by)
         state.unresolved_images = dict(Counter(unresolved.values()))
+        runnable: Counter[str] = Counter({str(n.platform): 0 for n in self._target_nodes(ctx)})
+        cores: dict[str, float] = dict.fromkeys(runnable, 0.0)
+        for c in self.contributions.values():
+            for platform in c.runs_on:
+                runnable[platform] += 1
+                cores[platform] = cores.get(platform, 0.0) + c.cpu / 1000
+        state.runnable_workloads = dict(runnable)
+        state.runnable_cpu_cores = cores
         if full:
             state.full_audit_completed()
 
@@ -662,37 +779,33 @@ def _api_of(ctx: Context) -> KubeApi:
     return api if isinstance(api, KubeApi) else KubeApi(load_client())
 
 
+def _credentials_for(
+    ctx: Context, namespace: str, spec: Mapping[str, Any]
+) -> Callable[[ImageReference], Awaitable[Sequence[Credential]]]:
+    """The pod's pull credentials, looked up when the tag finder gets to the image (not when asked)."""
+
+    async def credentials(ref: ImageReference) -> Sequence[Credential]:
+        return await ctx.credentials.for_pod(namespace, spec, ref)
+
+    return credentials
+
+
 async def _resolve_image(ctx: Context, pod: _Pod | _Template, image: str) -> Resolved:
     found = await resolve_images(ctx, pod.namespace, pod.spec, [image], _RESOLVE_GUARD_SECONDS)
     return found[image]
 
 
-async def _announce(store: AuditStore, workload: WorkloadRef, audit: reports.Audit) -> None:
-    """A Warning Event on the workload, once per problem (the caller checked `audit.announce`)."""
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    body = {
-        "metadata": {"generateName": f"{workload.name[:200]}.archaudit-", "namespace": workload.namespace},
-        "involvedObject": {
-            "apiVersion": workload.api_version,
-            "kind": workload.kind,
-            "name": workload.name,
-            "namespace": workload.namespace,
-            "uid": workload.uid,
-        },
-        "reason": reports.EVENT_REASON,
-        "type": "Warning",
-        "message": f"{audit.verdict.value}: {audit.message}"[:1024],
-        "source": {"component": "archaudit-auditor"},
-        "reportingComponent": "archaudit.io/auditor",
-        "reportingInstance": socket.gethostname()[:128],
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-    }
-    try:
-        await store.create_event(workload.namespace, body)
-    except Exception as e:  # the report is written; a lost Event must not make us write it again
-        log.warning("could not create an event for %s in %s: %s", workload, workload.namespace, e)
+def _announce(ctx: Context, workload: WorkloadRef, audit: reports.Audit) -> None:
+    """A Warning Event on the workload, once per problem (the caller checked `audit.announce`).
+
+    Handed to the operator's one Event emitter (adapters/events.py), which deduplicates it with the
+    webhook's and never lets a failed write come back here: the report is written either way.
+    """
+    if ctx.events is None:
+        log.debug("no event emitter: %s in %s not announced", workload, workload.namespace)
+        return
+    involved = Involved(workload.api_version, workload.kind, workload.namespace, workload.name, workload.uid)
+    ctx.events.about(involved, [f"{audit.verdict.value}: {audit.message}"], component=AUDITOR)
 
 
 def configure_kopf(settings: kopf.OperatorSettings, audit: AuditSettings | None = None) -> None:

@@ -6,6 +6,7 @@ same resolver, the same runtime profiles and the same registry configuration as 
 
 Exit codes (a contract, scripts rely on them): 0 every requested platform runs the image (or none was
 requested), 1 at least one does not, 2 the question could not be answered (one line on stderr).
+`check -f` (manifests, in checkfiles.py) has its own, in DESIGN.md: 0 / 1 Incompatible / 2 input error.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from archaudit import __version__
+from archaudit import __version__, checkfiles
 from archaudit.adapters.registry.files import registries_from_file
 from archaudit.adapters.resolver import Resolver
 from archaudit.core import config
 from archaudit.core.credentials import Credential, Keyring, keyring_from_docker_config
-from archaudit.core.errors import ArchauditError, InvalidReference, ResolutionError
+from archaudit.core.errors import ArchauditError, InvalidReference, UsageError
 from archaudit.core.manifests import ImagePlatforms
 from archaudit.core.mirrors import EMPTY, RegistriesConfig
 from archaudit.core.platforms import RUNTIMES, Fit, Platform
@@ -36,26 +37,27 @@ __all__ = ["build_parser", "check", "main"]
 EXIT_OK, EXIT_NOT_RUNNABLE, EXIT_ERROR = 0, 1, 2
 
 
-class UsageError(Exception):
-    """Bad input on the command line or in a file it names: exit 2 with this message."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="archaudit",
         description="Check which platforms a container image can run on, the way the node's runtime decides.",
     )
     parser.add_argument("--version", action="version", version=f"archaudit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{check,run}")
+    sub = parser.add_subparsers(dest="command", metavar="{check,run,readiness}")
 
     check = sub.add_parser(
         "check",
         help="resolve an image and check it against node platforms",
         description="Resolve IMAGE in its registry and list its platforms; with --platform, say whether "
-        "a node of that platform can run it. Exit 0: all runnable, 1: some not, 2: error.",
+        "a node of that platform can run it. Exit 0: all runnable, 1: some not, 2: error. "
+        "With -f instead of IMAGE: judge manifests as the webhook would (--platform or --nodes); "
+        "exit 0: nothing Incompatible, 1: something is (or what --fail-on names), 2: an input error.",
     )
     check.add_argument(
-        "image", metavar="IMAGE", help="image reference, e.g. nginx:1.27 or ghcr.io/o/r@sha256:..."
+        "image",
+        metavar="IMAGE",
+        nargs="?",
+        help="image reference, e.g. nginx:1.27 or ghcr.io/o/r@sha256:... (or -f for manifests)",
     )
     check.add_argument(
         "--platform",
@@ -67,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--runtime",
         choices=RUNTIMES,
-        default="containerd",
-        help="container runtime profile that decides compatibility (default: containerd)",
+        help="container runtime profile that decides compatibility (default: containerd; with --nodes, "
+        "each node's containerRuntimeVersion)",
     )
     check.add_argument(
         "--insecure-registry",
@@ -84,19 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="docker config.json with registry credentials (default: $DOCKER_CONFIG/config.json or "
         "~/.docker/config.json when present)",
     )
-    check.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+    check.add_argument(
+        "-o", "--output", choices=checkfiles.FORMATS, default="text", help="output format (sarif, github: -f)"
+    )
     check.add_argument(
         "--timeout",
         type=float,
         metavar="SECONDS",
         help="total time for the image (default: ARCHAUDIT_REGISTRY_TIMEOUT_SECONDS or 8)",
     )
+    checkfiles.add_arguments(check)
 
     sub.add_parser(
         "run",
         help="start the operator (webhook, auditor, metrics); see `archaudit run --help`",
         add_help=False,
     )
+    # Its own module (cli.py only dispatches), imported here: it needs the kubernetes client, which
+    # `archaudit check` in CI should not pay to import.
+    from archaudit import readiness
+
+    readiness.add_parser(sub)
     return parser
 
 
@@ -119,17 +129,20 @@ def _default_docker_config() -> Path | None:
     return path if path.is_file() else None
 
 
-def _credentials(ref: ImageReference, docker_config: str | None) -> list[Credential]:
+def _keyring(docker_config: str | None) -> Keyring:
     path = Path(docker_config) if docker_config else _default_docker_config()
     if path is None:
-        return []
+        return Keyring()
     try:
-        keyring: Keyring = keyring_from_docker_config(path.read_bytes())
+        return keyring_from_docker_config(path.read_bytes())
     except OSError as e:
         raise UsageError(f"--docker-config {path}: {e.strerror or e}") from None
     except ValueError as e:
         raise UsageError(f"--docker-config {path}: {e}") from None
-    return keyring.lookup(ref)
+
+
+def _credentials(ref: ImageReference, docker_config: str | None) -> list[Credential]:
+    return _keyring(docker_config).lookup(ref)
 
 
 def _registries(path: str | None, settings: config.RegistrySettings) -> RegistriesConfig:
@@ -192,18 +205,42 @@ def render_text(doc: dict[str, Any], kind: str) -> str:
     return "\n".join(lines)
 
 
+def _registry_settings(args: argparse.Namespace, settings: config.Settings) -> config.RegistrySettings:
+    if args.timeout is None:
+        return settings.registry
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    return _replace(settings.registry, timeout_seconds=args.timeout)
+
+
+async def _check_files(args: argparse.Namespace, settings: config.Settings) -> tuple[int, str]:
+    """`archaudit check -f`: the manifest form lives in checkfiles; this only hands it the options."""
+    if args.image is not None:
+        raise UsageError(f"give IMAGE or -f, not both (IMAGE {args.image!r})")
+    registry_settings = _registry_settings(args, settings)
+    return await checkfiles.check_files(
+        args,
+        settings,
+        registry_settings=registry_settings,
+        registries=_registries(args.registries, registry_settings),
+        keyring=_keyring(args.docker_config),
+    )
+
+
 async def check(args: argparse.Namespace, settings: config.Settings) -> tuple[int, str]:
     """Run `archaudit check`; returns (exit code, output)."""
+    if args.files:
+        return await _check_files(args, settings)
+    if args.image is None:
+        raise UsageError("check needs IMAGE, or -f PATH for manifests")
+    if args.output not in ("text", "json") or args.nodes or args.fail_on:
+        raise UsageError("-o sarif|github, --nodes and --fail-on need -f")
     nodes = _platforms(args.platform)
     try:
         ref = parse(args.image)
     except InvalidReference as e:
         raise UsageError(f"image {args.image!r}: {e}") from None
-    registry_settings = settings.registry
-    if args.timeout is not None:
-        if args.timeout <= 0:
-            raise UsageError("--timeout must be positive")
-        registry_settings = _replace(registry_settings, timeout_seconds=args.timeout)
+    registry_settings = _registry_settings(args, settings)
     credentials = _credentials(ref, args.docker_config)
     resolver = Resolver.from_settings(
         registry_settings,
@@ -214,7 +251,8 @@ async def check(args: argparse.Namespace, settings: config.Settings) -> tuple[in
         resolution = await resolver.resolve(ref, credentials)
     finally:
         await resolver.aclose()
-    doc = report(resolution.image, ref, list(zip(args.platform, nodes, strict=True)), args.runtime)
+    runtime = args.runtime or "containerd"
+    doc = report(resolution.image, ref, list(zip(args.platform, nodes, strict=True)), runtime)
     code = EXIT_OK if all(c["runnable"] for c in doc["checks"]) else EXIT_NOT_RUNNABLE
     out = json.dumps(doc, indent=2) if args.output == "json" else render_text(doc, resolution.image.kind)
     return code, out
@@ -246,14 +284,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
+    if args.command == "readiness":
+        return _readiness(args)
     try:
         settings = config.from_env()
         code, out = asyncio.run(check(args, settings))
-    except (UsageError, ResolutionError, ArchauditError, ValueError) as e:
+    except (ArchauditError, ValueError) as e:  # UsageError, ResolutionError, ... (errors.py's tree)
         print(f"archaudit: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    print(out)
+    return code
+
+
+def _readiness(args: argparse.Namespace) -> int:
+    from archaudit import readiness
+
+    try:
+        code, out = readiness.main(args)
+    except readiness.ReadinessError as e:
+        print(f"archaudit: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     print(out)
     return code
 

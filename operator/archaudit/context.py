@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from archaudit.adapters.events import EventEmitter
 from archaudit.adapters.kube import KubeApi
 from archaudit.adapters.metrics import MutableState
 from archaudit.adapters.resolver import Resolution
@@ -111,6 +112,7 @@ class Context:
     metrics: MutableState
     is_leader: Callable[[], bool] = lambda: True
     api: KubeApi | None = None  # shared, so the auditor does not build a second client
+    events: EventEmitter | None = None  # the one writer of Events (webhook and auditor)
     extra_nodes: list[Node] = field(default_factory=list)
     # namespace -> its labels (archaudit.io/mode, archaudit.io/ignore), kept by a namespace watch
     namespaces: dict[str, Mapping[str, str]] = field(default_factory=dict)

@@ -351,8 +351,11 @@ class GateController:
         if api is None:
             return
         meta = pod.get("metadata", {})
+        namespace = str(meta.get("namespace"))
         try:
-            await api.create_event(str(meta.get("namespace")), _event(pod, reason, message))
+            await api.request(
+                "POST", f"/api/v1/namespaces/{namespace}/events", body=_event(pod, reason, message)
+            )
         except Exception as e:  # an Event is a courtesy
             log.debug("could not create an event for %s: %s", meta.get("name"), e)
 

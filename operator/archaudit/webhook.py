@@ -24,6 +24,7 @@ from typing import Any
 from archaudit.context import Context
 from archaudit.core import placement, policy, scheduling, workloads
 from archaudit.core.kubetypes import AdmissionResponse, AdmissionReview
+from archaudit.core.warnings import fit as fit_warnings
 from archaudit.resolution import resolve_images
 
 __all__ = [
@@ -254,10 +255,13 @@ def malformed(data: Any) -> str | None:
 def response(
     review_: Mapping[str, Any], *, allowed: bool, message: str = "", warnings: Sequence[str] = ()
 ) -> AdmissionReview:
-    """The AdmissionReview answer; a denial carries HTTP 403 and the message the user sees."""
+    """The AdmissionReview answer; a denial carries HTTP 403 and the message the user sees.
+
+    Warnings are fitted to what the apiserver passes on (core/warnings.py): most important first.
+    """
     answer: AdmissionResponse = {"uid": review_["request"]["uid"], "allowed": allowed}
     if warnings:
-        answer["warnings"] = list(warnings)
+        answer["warnings"] = list(fit_warnings(warnings))
     if not allowed:
         answer["status"] = {"code": 403, "reason": "Forbidden", "message": message}
     return {

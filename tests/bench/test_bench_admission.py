@@ -215,16 +215,20 @@ def rig(plain_registry: Seeded, tmp_path_factory: pytest.TempPathFactory) -> Ite
 # --- real AdmissionReview bodies ----------------------------------------------------------------------
 
 
-def admitted_object(cluster: Cluster, name: str, images: Sequence[str]) -> dict[str, Any]:
+def admitted_object(
+    cluster: Cluster, name: str, images: Sequence[str], node_selector: Mapping[str, str] | None = ARM64_ONLY
+) -> dict[str, Any]:
     """The pod as a validating webhook receives it: created with dry-run, so every default is in it."""
+    spec: dict[str, Any] = {
+        "containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]
+    }
+    if node_selector:
+        spec["nodeSelector"] = dict(node_selector)
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)],
-            "nodeSelector": ARM64_ONLY,
-        },
+        "spec": spec,
     }
     # A dict in and the apiserver's own JSON out (_preload_content=False), not the client's models,
     # which would rename fields; the client's annotations cover neither form, hence Any.
@@ -447,6 +451,109 @@ async def test_warm_admission_latency_and_throughput(rig: Rig) -> None:
         "registry requests while warm (proxy log / operator metric)",
         f"{warm_requests} / {metric_requests:g}",
         "0",
+    )
+
+
+# --- allowed vs warned vs denied (issue 11) ------------------------------------------------------------
+
+# Same client, same concurrency, same container count; only the verdict differs.
+ALLOWED_IMAGES = ("multiarch", "nested", "arm64-oci")  # each runs on arm64: Compatible with ARM64_ONLY
+VERDICT_RUN = (8, 200_000, 15.0)  # concurrency, max reviews, seconds per pod: the issue's 15 s burst
+VERDICT_ROUNDS = 3
+VERDICT_PODS = (
+    # (label, images, nodeSelector, expected (allowed, warned))
+    ("Compatible pod (allowed)", ALLOWED_IMAGES, ARM64_ONLY, (True, False)),
+    ("AtRisk pod (warned, non-dry-run: Events)", POD_IMAGES, None, (True, True)),
+    ("Incompatible pod (denied)", POD_IMAGES, ARM64_ONLY, (False, False)),
+)
+
+
+def _added(total: Scrape, before: Scrape, after: Scrape) -> Scrape:
+    """`total` plus what the operator's histogram gained between `before` and `after`."""
+    buckets = {
+        le: total.buckets.get(le, 0.0) + n - before.buckets.get(le, 0.0) for le, n in after.buckets.items()
+    }
+    return Scrape(
+        buckets,
+        total.duration_sum + after.duration_sum - before.duration_sum,
+        total.duration_count + after.duration_count - before.duration_count,
+        total.registry_requests + after.registry_requests - before.registry_requests,
+    )
+
+
+def _events_in(cluster: Cluster, namespace: str) -> int:
+    core: Any = client.CoreV1Api(cluster.admin)
+    return sum(1 for e in core.list_namespaced_event(namespace).items if e.reason == "ImageArchMismatch")
+
+
+async def test_warned_and_denied_reviews_cost_what_allowed_ones_cost(rig: Rig) -> None:
+    rig.proxy.set("pass")
+    refs = {
+        name: rig.proxy.ref(rig.seeded.samples[name].reference) for name in {*ALLOWED_IMAGES, *POD_IMAGES}
+    }
+    for name in ALLOWED_IMAGES:  # the warm benchmark's warm-up covers POD_IMAGES only
+        obj = await asyncio.to_thread(admitted_object, rig.cluster, f"warm-{name}", [refs[name]])
+        uids, bodies = review_bodies(obj, 1)
+        answers, _ = await post_all(rig.review_url, rig.tls, bodies, concurrency=1, max_seconds=60)
+        assert verdict(answers[0], uids[0])[0], answers[0].payload[:300]
+    concurrency, count, seconds = VERDICT_RUN
+    objects = []
+    for i, (_label, names, selector, _expected) in enumerate(VERDICT_PODS):
+        obj = await asyncio.to_thread(
+            admitted_object, rig.cluster, f"verdict-{i}", [refs[n] for n in names], selector
+        )
+        objects.append(obj)
+    # Events are counted from before the first review: the first warned review makes its Event.
+    events_before = await asyncio.to_thread(_events_in, rig.cluster, BENCH_NAMESPACE)
+    for obj in objects:  # connections, first-call paths: not timed
+        uids, bodies = review_bodies(obj, UNTIMED_WARMUP)
+        await post_all(rig.review_url, rig.tls, bodies, concurrency=concurrency, max_seconds=60)
+    # The machine is shared: interleaved rounds (order rotated) so that a busy moment of the other
+    # work does not land on one verdict only. Each pod gets `seconds` in all.
+    totals = {i: {"answers": 0, "wall": 0.0, "cpu": 0.0} for i in range(len(VERDICT_PODS))}
+    latencies: dict[int, list[float]] = {i: [] for i in totals}
+    served = {i: Scrape({}, 0.0, 0.0, 0.0) for i in totals}  # the operator's own histogram, summed
+    for round_ in range(VERDICT_ROUNDS):
+        order = [(round_ + k) % len(VERDICT_PODS) for k in range(len(VERDICT_PODS))]
+        for i in order:
+            _label, _names, _selector, (allowed, warned) = VERDICT_PODS[i]
+            uids, bodies = review_bodies(objects[i], count)
+            before, cpu_before = scrape(rig.operator), _cpu_seconds(rig.pid)
+            answers, wall = await post_all(
+                rig.review_url, rig.tls, bodies, concurrency=concurrency, max_seconds=seconds / VERDICT_ROUNDS
+            )
+            totals[i]["cpu"] += _cpu_seconds(rig.pid) - cpu_before
+            served[i] = _added(served[i], before, scrape(rig.operator))
+            totals[i]["wall"] += wall
+            totals[i]["answers"] += len(answers)
+            latencies[i].extend(a.seconds for a in answers)
+            for answer in answers:
+                got_allowed, _message, got_warnings = verdict(answer, uids[answer.index])
+                assert (got_allowed, bool(got_warnings)) == (allowed, warned), answer.payload[:300]
+    created = await asyncio.to_thread(_events_in, rig.cluster, BENCH_NAMESPACE) - events_before
+    figures: dict[str, tuple[float, float]] = {}
+    for i, (label, _names, _selector, (_allowed, warned)) in enumerate(VERDICT_PODS):
+        n, wall, cpu = totals[i]["answers"], totals[i]["wall"], totals[i]["cpu"]
+        ordered = sorted(latencies[i])
+        p50, p99 = (percentile(ordered, q) * 1000 for q in (0.5, 0.99))
+        figures[label] = (n / wall, n / cpu)
+        _row(
+            f"{label}, concurrency {concurrency}, {n:,.0f} reviews in {wall:.1f}s ({VERDICT_ROUNDS} rounds)",
+            f"{n / wall:,.0f} reviews/s ({n / cpu:,.0f} per operator CPU-second); p50 {p50:.2f} ms, "
+            f"p99 {p99:.2f} ms" + (f"; Events created: {created}" if warned else ""),
+            "within 1.2x of allowed; p99 <= 5 ms" + ("; <= 2 Events" if warned else ""),
+        )
+        _row(f"{label}: operator's histogram", histogram_view(Scrape({}, 0.0, 0.0, 0.0), served[i]), "-")
+    # Only the warned pod can make Events (the denied one is refused, the allowed one has no problem).
+    assert created <= 2, f"{created} Events for one warned pod"
+    base_rate, base_cpu = figures[VERDICT_PODS[0][0]]
+    _row(
+        "cost of a review relative to an allowed one (wall-clock throughput; operator CPU)",
+        "; ".join(
+            f"{label.split(' ')[0]} {base_rate / rate:.2f}x, {base_cpu / per_cpu:.2f}x"
+            for label, (rate, per_cpu) in list(figures.items())[1:]
+        ),
+        "<= 1.2x",
     )
 
 

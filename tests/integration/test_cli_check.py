@@ -24,11 +24,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def archaudit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def archaudit(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": str(REPO / "operator"), "DOCKER_CONFIG": "/nonexistent"}
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "archaudit", *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,

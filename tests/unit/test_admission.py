@@ -109,6 +109,15 @@ def test_warnings_go_out_as_given_and_the_api_version_is_echoed() -> None:
     assert answer["response"] == {"uid": UID, "allowed": True, "warnings": ["one", "two"]}
 
 
+def test_thousands_of_warnings_are_fitted_to_what_the_apiserver_passes_on() -> None:
+    many = [f"image registry.example/app{i}:1 could not be resolved (not-found)" for i in range(2000)]
+    warnings = webhook.response(review(), allowed=True, warnings=many)["response"]["warnings"]
+    assert warnings[0] == many[0]
+    assert sum(map(len, warnings)) <= 4096
+    assert all(len(w) <= 256 for w in warnings)
+    assert warnings[-1].startswith(f"... and {2000 - (len(warnings) - 1):,} more warnings")
+
+
 @pytest.mark.parametrize(
     ("data", "problem"),
     [

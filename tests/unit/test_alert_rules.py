@@ -56,6 +56,9 @@ def exported_sample_names() -> set[str]:
         workloads={("Incompatible", "shop"): 1},
         pods_on_incompatible_nodes={("shop", "linux/arm64"): 1},
         nodes={"linux/arm64": 1},
+        runnable_workloads={"linux/arm64": 1},
+        runnable_cpu_cores={"linux/arm64": 0.5},
+        events={"emitted": 1},
     )
     state.observe_runtime_mismatch("shop")
     state.full_audit_completed()

@@ -624,8 +624,9 @@ def test_crd_is_kept_on_uninstall_and_has_the_contracted_names() -> None:
         "Age",
         "Message",
         "Last Checked",
+        "Runs On",
     ]
-    assert {n for n, c in columns.items() if c.get("priority") == 1} == {"Message", "Last Checked"}
+    assert {n for n, c in columns.items() if c.get("priority") == 1} == {"Message", "Last Checked", "Runs On"}
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     for column in columns.values():
         field = column["jsonPath"].split(".")[-1]
@@ -703,7 +704,7 @@ def test_rbac_is_least_privilege() -> None:
         *{("", "nodes", v) for v in ("get", "list", "watch")},
         *{("", "pods", v) for v in ("get", "list", "watch")},
         *{("", "namespaces", v) for v in ("get", "list", "watch")},
-        *{("", "events", v) for v in ("get", "list", "watch", "create")},
+        *{("", "events", v) for v in ("get", "list", "watch", "create", "patch")},
         *{
             (group, resource, verb)
             for group, resource in [*WORKLOAD_RESOURCES_READ]

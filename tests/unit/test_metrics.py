@@ -36,6 +36,9 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "archaudit_registry_ratelimit_remaining": ("gauge", frozenset({"registry"})),
     "archaudit_last_full_audit_timestamp_seconds": ("gauge", frozenset()),
     "archaudit_nodes": ("gauge", frozenset({"platform"})),
+    "archaudit_runnable_workloads": ("gauge", frozenset({"platform"})),
+    "archaudit_runnable_cpu_cores": ("gauge", frozenset({"platform"})),
+    "archaudit_events": ("counter", frozenset({"result"})),
     "archaudit_build_info": ("gauge", frozenset({"version", "python"})),
 }
 
@@ -104,6 +107,9 @@ def feed_everything(s: Server) -> None:
     s.state.nodes = {"linux/amd64": 2, "linux/arm64": 3, "linux/arm/v7": 1}
     s.state.observe_runtime_mismatch("shop")
     s.state.full_audit_completed(at=1_700_000_000.0)
+    s.state.runnable_workloads = {"linux/amd64": 9, "linux/arm64": 4}
+    s.state.runnable_cpu_cores = {"linux/amd64": 3.5, "linux/arm64": 1.25}
+    s.state.events = {"emitted": 1, "aggregated": 41, "dropped": 0, "failed": 0}
 
 
 def label_names(family: Metric) -> frozenset[str]:
@@ -223,6 +229,14 @@ async def test_nodes_can_be_counted_from_the_live_node_map(server: Server) -> No
     assert value((await server.scrape())["archaudit_nodes"], platform="linux/arm64") == 1
 
 
+async def test_event_outcomes_are_read_from_the_emitter_at_scrape_time(server: Server) -> None:
+    live = Counter({"emitted": 1, "aggregated": 0})
+    server.state.events_from = lambda: live
+    assert value((await server.scrape())["archaudit_events"], "_total", result="aggregated") == 0
+    live["aggregated"] += 9
+    assert value((await server.scrape())["archaudit_events"], "_total", result="aggregated") == 9
+
+
 async def test_a_broken_live_reader_costs_its_own_series_not_the_scrape(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -331,3 +345,10 @@ async def test_a_taken_port_is_an_error_at_start(server: Server) -> None:
         await metrics.start_metrics_server(
             "127.0.0.1", port, registry, health=lambda: True, ready=lambda: True
         )
+
+
+async def test_readiness_gauges_per_platform(server: Server) -> None:
+    feed_everything(server)
+    families = await server.scrape()
+    assert value(families["archaudit_runnable_workloads"], platform="linux/arm64") == 4
+    assert value(families["archaudit_runnable_cpu_cores"], platform="linux/arm64") == 1.25

@@ -209,7 +209,8 @@ class FakeApi:
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.pod
 
-    async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
+    async def request(self, method: str, path: str, *, body: Mapping[str, Any]) -> None:
+        assert (method, path) == ("POST", f"/api/v1/namespaces/{self.pod['metadata']['namespace']}/events")
         self.events.append(dict(body))
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from archaudit.core.manifests import Index, parse_document
 from archaudit.core.platforms import (
     RUNTIMES,
     Fit,
@@ -372,7 +375,8 @@ def test_select_from_the_busybox_list(node: str, runtime: str, expected: int | N
         # CRI-O: the node's variant, then lower ones, then no variant; without a node variant "" first
         ("linux/arm/v7", ("linux/arm", "linux/arm/v6"), "cri-o", 1),
         ("linux/arm/v7", ("linux/arm", "linux/arm/v7"), "cri-o", 1),
-        ("linux/arm64", ("linux/arm64", "linux/arm64/v8"), "cri-o", 1),  # the node says v8 first
+        ("linux/arm64", ("linux/arm64", "linux/arm64/v8"), "cri-o", 0),  # no node variant: "" first
+        ("linux/arm64/v8", ("linux/arm64", "linux/arm64/v8"), "cri-o", 1),  # a node variant: "" last
         ("linux/amd64", ("linux/amd64/v2", "linux/amd64"), "cri-o", 1),
         # Windows builds
         (
@@ -404,6 +408,7 @@ VARIANTS = ("linux/amd64", "linux/arm/v6", "linux/arm/unrecognized-present", "li
         ("linux/arm/v7", 1, 3),  # CRI-O walks v7 -> v6 before ""; containerd reads "" as v7
         ("linux/arm/v6", 1, 1),
         ("linux/arm/v8", 1, 3),
+        ("linux/arm", 3, 3),  # CRI-O: "" is its own first choice; containerd: "" is v7, the best match
         ("linux/arm/unrecognized-present", 2, 2),
         ("linux/arm/unrecognized-not-present", 3, None),
         ("linux/arm64", None, 3),
@@ -412,6 +417,112 @@ VARIANTS = ("linux/amd64", "linux/arm/v6", "linux/arm/unrecognized-present", "li
 def test_select_variants_like_containers_image(node: str, crio: int | None, containerd: int | None) -> None:
     assert select(P(node), plats(*VARIANTS), "cri-o") == crio
     assert select(P(node), plats(*VARIANTS), "containerd") == containerd
+
+
+# containers/image, read at df7e80d: internal/pkg/platform/platform_matcher_test.go TestWantedPlatforms
+# (OSChoice/ArchitectureChoice/VariantChoice -> the wanted platforms, most preferred first). Our own
+# table of its cases, checked through `select` alone: the order is what `select` prefers.
+CRIO_WANTED = [
+    ("linux/amd64", ["linux/amd64"]),  # x86_64 has no variants
+    ("linux/arm/v6", ["linux/arm/v6", "linux/arm/v5", "linux/arm"]),  # a variant: walk down, "" last
+    ("linux/arm", ["linux/arm", "linux/arm/v8", "linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]),
+    ("linux/arm64", ["linux/arm64", "linux/arm64/v8"]),  # arm64 has a base variant
+    ("freeBSD/armel/custom", ["freeBSD/armel/custom", "freeBSD/armel"]),  # unrecognized: no normalization
+]
+CRIO_POOL = (
+    "linux/amd64",
+    "linux/amd64/v2",
+    "linux/386",
+    "linux/arm",
+    "linux/arm/v5",
+    "linux/arm/v6",
+    "linux/arm/v7",
+    "linux/arm/v8",
+    "linux/armhf",
+    "linux/armel",
+    "linux/arm64",
+    "linux/arm64/v8",
+    "linux/aarch64",
+    "freebsd/armel/custom",
+    "freeBSD/armel",
+    "freeBSD/armel/custom",
+    "freeBSD/arm/v6",
+)
+
+
+def preference(node: Platform, pool: tuple[str, ...], runtime: str) -> list[str]:
+    """The entries of `pool` that `runtime` on `node` accepts, in the order `select` takes them."""
+    left = list(pool)
+    order: list[str] = []
+    while (index := select(node, plats(*left), runtime)) is not None:
+        order.append(left.pop(index))
+    return order
+
+
+@pytest.mark.parametrize(("node", "wanted"), CRIO_WANTED)
+def test_crio_wants_what_containers_image_wants(node: str, wanted: list[str]) -> None:
+    assert preference(P(node), CRIO_POOL, "cri-o") == wanted
+    assert preference(P(node), tuple(reversed(CRIO_POOL)), "cri-o") == wanted  # list order is no factor
+
+
+# containers/image, read at df7e80d: internal/manifest/list_test.go TestChooseInstance and
+# oci_index_test.go TestOCI1IndexChooseInstanceByCompression, over the same fixtures (copied into
+# tests/unit/fixtures/manifests). Node = OSChoice "linux" + ArchitectureChoice + VariantChoice.
+# Values: the first 12 hex digits of the digest containers/image picks (None: "no image found").
+S2, S2_VARIANTS = "containers-image__schema2list", "containers-image__schema2list-variants"
+OCI_VARIANTS = "containers-image__ocilist-variants"
+CRIO_CHOOSE = [
+    (S2, "linux/amd64", "030fcb92e148"),
+    (S2, "linux/s390x", "e5aa1b0a2462"),
+    (S2, "linux/arm/v7", "b5dbad4bdb44"),
+    (S2, "linux/arm64", "dc472a59fb00"),
+    (S2, "linux/unmatched", None),
+    (S2_VARIANTS, "linux/amd64", "59eec8837a4d"),
+    (S2_VARIANTS, "linux/arm/v7", "f365626a556e"),
+    (S2_VARIANTS, "linux/arm/v6", "f365626a556e"),
+    (S2_VARIANTS, "linux/arm/v5", "c84b0a3a07b6"),
+    # the case issue #12 names: an arm node without a variant takes the plain `arm` entry, not arm/v6
+    (S2_VARIANTS, "linux/arm", "c84b0a3a07b6"),
+    (S2_VARIANTS, "linux/arm/unrecognized-present", "bcf9771c0b50"),
+    (S2_VARIANTS, "linux/arm/unrecognized-not-present", "c84b0a3a07b6"),
+    (S2_VARIANTS, "linux/unmatched", None),
+    (OCI_VARIANTS, "linux/amd64", "59eec8837a4d"),
+    (OCI_VARIANTS, "linux/arm/v7", "eeeeeeeeeeee"),
+    # two arm/v6 entries: the first listed (containers/image with preferGzip; without it a
+    # zstd-annotated one wins, which `select` cannot see: it is given platforms, not compression)
+    (OCI_VARIANTS, "linux/arm/v6", "dddddddddddd"),
+    (OCI_VARIANTS, "linux/arm/v5", "c84b0a3a07b6"),
+    # archaudit took the arm/v7 entry here before: it read the node's empty variant as v7
+    (OCI_VARIANTS, "linux/arm", "c84b0a3a07b6"),
+    (OCI_VARIANTS, "linux/arm/unrecognized-present", "bcf9771c0b50"),
+    (OCI_VARIANTS, "linux/arm/unrecognized-not-present", "c84b0a3a07b6"),
+    (OCI_VARIANTS, "linux/unmatched", None),
+]
+FIXTURES = Path(__file__).parent / "fixtures" / "manifests"
+
+
+@pytest.mark.parametrize(("fixture", "node", "digest"), CRIO_CHOOSE)
+def test_crio_chooses_the_instance_containers_image_chooses(
+    fixture: str, node: str, digest: str | None
+) -> None:
+    index = parse_document((FIXTURES / f"{fixture}.json").read_bytes())
+    assert isinstance(index, Index)
+    chosen = select(P(node), [entry.platform for entry in index.manifests], "cri-o")
+    picked = None if chosen is None else index.manifests[chosen].digest.removeprefix("sha256:")[:12]
+    assert picked == digest
+
+
+# containers/image's oci1index.json (not copied: three entries), the same test: os.features are not
+# looked at (the amd64 entry declares sse4), arm64 has no entry of its own here.
+OCI1INDEX = ("linux/ppc64le", "linux/amd64", "linux/arm64")
+
+
+def test_crio_ignores_os_features_like_containers_image() -> None:
+    entries = plats(*OCI1INDEX)
+    entries[1] = Platform("linux", "amd64", os_features=("sse4",))
+    assert select(P("linux/amd64"), entries, "cri-o") == 1
+    assert select(P("linux/ppc64le"), entries, "cri-o") == 0
+    assert select(P("linux/unmatched"), entries, "cri-o") is None
 
 
 def test_can_run_agrees_with_select_on_one_candidate() -> None:

@@ -409,6 +409,8 @@ EXPECTED_CORE = {
     "auth",
     "config",
     "placement",
+    "correlator",
+    "warnings",
 }
 IO_MODULES = {
     "socket",

@@ -1,4 +1,4 @@
-"""The Kubernetes calls of the auditor: ImageAudits, Events, and the owners between a pod and its workload.
+"""The Kubernetes calls of the auditor: ImageAudits and the owners between a pod and its workload.
 
 Same rules as kube.py: the official client is synchronous, so every call runs in a worker thread with a
 request timeout and never blocks the event loop that answers admission reviews; objects come back as
@@ -144,7 +144,7 @@ def _compact(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class AuditStore:
-    """ImageAudit reads and writes, Events, owner reads: the auditor's whole API surface.
+    """ImageAudit reads and writes and owner reads: the auditor's API surface (Events: events.py).
 
     Plain REST calls through the client's ApiClient rather than its generated API classes: creating
     AppsV1Api, BatchV1Api and CustomObjectsApi imports some hundred model modules (about 7 MiB of
@@ -209,9 +209,6 @@ class AuditStore:
                 return False
             raise
         return True
-
-    async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
-        await self.api.create_event(namespace, body)
 
 
 def _quote(segment: str) -> str:

@@ -181,9 +181,6 @@ class KubeApi:
             content_type="application/json-patch+json",
         )
 
-    async def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
-        await self.request("POST", f"{_core(namespace)}/events", body=body)
-
 
 _WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 _MUTATING = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"

@@ -75,6 +75,9 @@ class Snapshot:
     nodes: Mapping[str, int] = field(default_factory=dict)  # node platform "linux/arm64" -> nodes
     runtime_mismatches: Mapping[str, int] = field(default_factory=dict)  # namespace -> observed so far
     last_full_audit: float | None = None  # unix time of the last completed full audit
+    runnable_workloads: Mapping[str, int] = field(default_factory=dict)  # platform -> workloads (runsOn)
+    runnable_cpu_cores: Mapping[str, float] = field(default_factory=dict)  # platform -> requested cores
+    events: Mapping[str, int] = field(default_factory=dict)  # emitted|aggregated|dropped|failed -> n
 
 
 class StateSource(Protocol):
@@ -101,8 +104,14 @@ class MutableState:
     # copying into the dicts above; they win over the dicts when set.
     resolver_cache_from: Callable[[], Mapping[str, tuple[int, int]]] | None = None
     nodes_from: Callable[[], Mapping[str, int]] | None = None
+    # The Event emitter's outcome counts (adapters/events.py `stats`), read live at scrape time.
+    events_from: Callable[[], Mapping[str, int]] | None = None
+    events: dict[str, int] = field(default_factory=dict)
     runtime_mismatches: dict[str, int] = field(default_factory=dict)
     last_full_audit: float | None = None
+    # readiness, per target platform (the auditor replaces both after each pass)
+    runnable_workloads: dict[str, int] = field(default_factory=dict)
+    runnable_cpu_cores: dict[str, float] = field(default_factory=dict)
 
     def observe_runtime_mismatch(self, namespace: str, count: int = 1) -> None:
         """A container showed `exec format error` or `no match for platform in manifest`."""
@@ -122,6 +131,9 @@ class MutableState:
             nodes=_read(self.nodes_from, self.nodes),
             runtime_mismatches=dict(self.runtime_mismatches),
             last_full_audit=self.last_full_audit,
+            runnable_workloads=dict(self.runnable_workloads),
+            runnable_cpu_cores=dict(self.runnable_cpu_cores),
+            events=_read(self.events_from, self.events),
         )
 
 
@@ -193,6 +205,18 @@ class StateCollector(Collector):
             "nodes", "Nodes by platform (os/architecture[/variant]).", ["platform"], _keyed(snap.nodes)
         )
         yield _gauge(
+            "runnable_workloads",
+            "Top-level workloads whose every image runs on the platform (ImageAudit status.runsOn).",
+            ["platform"],
+            _keyed(snap.runnable_workloads),
+        )
+        yield _gauge(
+            "runnable_cpu_cores",
+            "CPU cores requested (requests times replicas) by the workloads that could run on the platform.",
+            ["platform"],
+            _keyed(snap.runnable_cpu_cores),
+        )
+        yield _gauge(
             "registry_ratelimit_remaining",
             "Pulls left in the registry's rate-limit window (Docker Hub's ratelimit-remaining header).",
             ["registry"],
@@ -209,6 +233,17 @@ class StateCollector(Collector):
             mismatches.add_metric([namespace], n)
         yield mismatches
 
+        events = CounterMetricFamily(
+            f"{PREFIX}_events",
+            "Occurrences of ImageArchMismatch problems by what became of them: emitted (a new Event), "
+            "aggregated (counted on an existing Event), dropped (queue full, rate limit, no object name), "
+            "failed (the apiserver refused or did not answer a write).",
+            labels=["result"],
+        )
+        for result, n in sorted(snap.events.items()):
+            events.add_metric([result], n)
+        yield events
+
         last_audit = GaugeMetricFamily(
             f"{PREFIX}_last_full_audit_timestamp_seconds",
             "Unix time at which the last full audit of the cluster completed (absent until the first).",
@@ -218,12 +253,12 @@ class StateCollector(Collector):
         yield last_audit
 
 
-def _keyed(counts: Mapping[str, int]) -> list[tuple[tuple[str], int]]:
+def _keyed(counts: Mapping[str, float]) -> list[tuple[tuple[str], float]]:
     return [((key,), n) for key, n in counts.items()]
 
 
 def _gauge(
-    name: str, documentation: str, labels: list[str], values: Iterable[tuple[Sequence[str], int]]
+    name: str, documentation: str, labels: list[str], values: Iterable[tuple[Sequence[str], float]]
 ) -> GaugeMetricFamily:
     family = GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
     for key, n in sorted(values):

@@ -11,8 +11,9 @@ webhook has a few seconds at most. So:
 Everything fetched with credentials is cached under the credential identity (never the secret), so
 a pod without pull secrets never reads what another pod's secret fetched.
 
-The registry is reached through a `Transport` (the RegistryClient in production; a plain fake in the
-unit tests) and time through an injected clock: the cache logic is tested without sleeping.
+The registry is reached through a `Registry` (the RegistryClient in production; a plain fake in the
+unit tests), kept as `Resolver.transport`, and time through an injected clock: the cache logic is
+tested without sleeping.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from archaudit.core.manifests import ImagePlatforms
 from archaudit.core.mirrors import RegistriesConfig
 from archaudit.core.reference import ImageReference, parse
 
-__all__ = ["CacheCounter", "Resolution", "Resolver", "ResolverStats", "Transport"]
+__all__ = ["CacheCounter", "Registry", "Resolution", "Resolver", "ResolverStats"]
 
 # A registry that is down, slow or throttling: the last good answer is better than none.
 # Not NOT_FOUND or AUTH: those are the registry's answer, and it may have changed on purpose.
@@ -44,8 +45,11 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
-class Transport(Protocol):
-    """The two registry questions the caches are built around (RegistryClient answers them)."""
+class Registry(Protocol):
+    """The two registry questions the caches are built around (RegistryClient answers them).
+
+    Not the HTTP seam (that is `archaudit.adapters.registry.transport.Transport`, under the client).
+    """
 
     async def lookup(
         self, ref: ImageReference, credentials: Sequence[Credential] = (), *, deadline: float | None = None
@@ -163,7 +167,7 @@ class Resolver:
 
     def __init__(
         self,
-        transport: Transport,
+        transport: Registry,
         *,
         tag_ttl_seconds: float = 300.0,
         negative_ttl_seconds: float = 30.0,
@@ -335,11 +339,3 @@ class Resolver:
                 self.stats.stale += 1
                 return replace(answer.resolution, stale=True)
         raise ResolutionError(error.reason, error.message)
-
-    def forget(self, ref: ImageReference | str) -> None:
-        """Drop what is known about `ref`'s tag (all identities), e.g. after a push event."""
-        ref = parse(ref) if isinstance(ref, str) else ref
-        prefix = _key(ref, "")[:4]
-        for cache in (self._answers, self._failures):
-            for key in [k for k in cache._data if k[:4] == prefix]:
-                cache.pop(key)

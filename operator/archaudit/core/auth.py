@@ -33,6 +33,7 @@ __all__ = [
     "pick_challenge",
     "pull_scope",
     "token_from_response",
+    "token_key",
 ]
 
 # The distribution token spec: "if not given, assume 60 seconds".
@@ -249,7 +250,8 @@ Send = Callable[[str, str, Mapping[str, str], bytes | None], Awaitable[tuple[int
 _POST_UNSUPPORTED = frozenset({400, 401, 404, 405})
 
 
-def _token_key(challenge: Challenge, scope: str, credential: Credential | None) -> TokenKey:
+def token_key(challenge: Challenge, scope: str, credential: Credential | None) -> TokenKey:
+    """Where `fetch_token` caches the token for this challenge, scope and credential (or anonymity)."""
     return (
         challenge.realm,
         challenge.params.get("service", ""),
@@ -273,7 +275,7 @@ async def fetch_token(
     With a credential: POST the realm (grant_type=password), falling back to GET with Basic when the
     realm refuses POST. Anonymous: GET without credentials. `image` only names the image in errors.
     """
-    key = _token_key(challenge, scope, credential)
+    key = token_key(challenge, scope, credential)
     cached = cache.get(key, now())
     if cached is not None:
         return cached

@@ -108,6 +108,10 @@ class AuditSettings:
     worker_idle_seconds: float = 0.1
     # Server-side filter of the core/v1 Events watch: runtime evidence is only in Warnings about Pods.
     events_field_selector: str = "type=Warning,involvedObject.kind=Pod"
+    # -- readiness: the tag that fixes a blocking image (adapters/tagfinder.py), found in the background.
+    fix_tags: bool = True  # look for the nearest newer tag that provides a platform an image lacks
+    fix_tags_period_seconds: float = 86400.0  # one tag list per repository per period; answers kept as long
+    fix_tags_max_resolves: int = 4  # candidate tags resolved per image and platform (binary search)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from archaudit.core.errors import ArchauditError
+from archaudit.core.errors import CredentialsError
 
 __all__ = [
     "Credential",
@@ -41,10 +41,6 @@ _DOCKERCFG_KEY = ".dockercfg"
 
 # The key `docker login` writes for Docker Hub; the kubelet normalizes it (and "index.docker.io") to this.
 _DOCKER_HUB_KEY = "index.docker.io"
-
-
-class CredentialsError(ArchauditError, ValueError):
-    """A docker config or pull secret we cannot read. The message never contains secret material."""
 
 
 class _Image(Protocol):

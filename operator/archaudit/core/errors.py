@@ -3,8 +3,15 @@
     ArchauditError
     ├── InvalidReference (ValueError)   image reference text that the grammar refuses
     ├── ManifestError (ValueError)      a registry document we cannot read as a manifest/index/config
-    └── ResolutionError                 an image could not be resolved to its platforms;
-                                        `.reason` says why in one word users can alert on
+    ├── CredentialsError (ValueError)   a docker config, pull secret or registries.yaml `auth` we cannot
+    │                                   read (also importable from archaudit.core.credentials)
+    ├── ResolutionError                 an image could not be resolved to its platforms;
+    │                                   `.reason` says why in one word users can alert on
+    └── UsageError                      bad input on the command line or in a file it names
+                                        (the CLI prints it on one line and exits 2)
+
+The ValueError bases let callers that only validate input catch `ValueError`; code that talks to
+registries catches `ResolutionError`; the CLI catches `ArchauditError`.
 
 Messages are for people: they say what was wrong and, where possible, what to do.
 They never carry credentials.
@@ -14,7 +21,15 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ArchauditError", "InvalidReference", "ManifestError", "Reason", "ResolutionError"]
+__all__ = [
+    "ArchauditError",
+    "CredentialsError",
+    "InvalidReference",
+    "ManifestError",
+    "Reason",
+    "ResolutionError",
+    "UsageError",
+]
 
 
 class ArchauditError(Exception):
@@ -27,6 +42,14 @@ class InvalidReference(ArchauditError, ValueError):  # noqa: N818 (name fixed by
 
 class ManifestError(ArchauditError, ValueError):
     """A document that is not a manifest, index or image config we understand."""
+
+
+class CredentialsError(ArchauditError, ValueError):
+    """A docker config or pull secret we cannot read. The message never contains secret material."""
+
+
+class UsageError(ArchauditError):
+    """Bad input on the command line or in a file it names: the CLI exits 2 with this message."""
 
 
 class Reason(enum.StrEnum):

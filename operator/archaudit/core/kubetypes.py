@@ -71,6 +71,13 @@ class ContainerReport(TypedDict):
     reason: str
     message: str
     runtimeMismatch: bool
+    runsOn: NotRequired[list[str]]  # target platforms this image runs on
+    fixes: NotRequired[dict[str, str]]  # platform it lacks -> newer tag of its repository that provides it
+
+
+class Requests(TypedDict):
+    cpu: int  # millicores
+    memory: int  # bytes
 
 
 class Condition(TypedDict):
@@ -92,6 +99,9 @@ class ImageAuditStatus(TypedDict):
     nodePlatforms: str
     containers: list[ContainerReport]
     containersOmitted: int
+    runsOn: NotRequired[list[str]]  # target platforms on which every image of the workload runs
+    replicas: NotRequired[int]  # pods the workload runs at once
+    requests: NotRequired[Requests]  # of one pod, as the scheduler counts them
     announced: NotRequired[str]
     conditions: NotRequired[list[Condition]]
     fingerprint: NotRequired[str]

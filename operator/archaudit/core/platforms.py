@@ -290,18 +290,17 @@ _CRIO_VARIANTS = {"arm": ("v8", "v7", "v6", "v5"), "arm64": ("v8",)}
 
 
 def _crio_wanted(node: Platform) -> list[tuple[str, str, str]]:
-    # The node's own platform is Go's GOOS/GOARCH plus the variant CRI-O reads from /proc/cpuinfo, so it
-    # is canonical: normalize it the containerd way, then say the detected variant out loud (arm64 -> v8).
-    canonical = normalize(node, "containerd")
-    os, arch = canonical.os, canonical.architecture
-    variant = canonical.variant or ("v8" if arch == "arm64" else "")
-    table = _CRIO_VARIANTS.get(arch, ())
-    if variant:
-        variants = list(table[table.index(variant) :]) if variant in table else [variant]
-        variants.append("")
+    # containers/image's WantedPlatforms: the node's strings as given, never normalized (armel stays
+    # armel, aarch64 stays aarch64). A node that names a variant walks the table down from it and then
+    # takes "" last; a node that names none takes "" FIRST and then the whole table, most capable
+    # first: an arm node without a variant prefers a plain `arm` entry, then arm/v8, before arm/v7.
+    table = _CRIO_VARIANTS.get(node.architecture, ())
+    if node.variant:
+        start = table.index(node.variant) if node.variant in table else None
+        variants = [*(table[start:] if start is not None else (node.variant,)), ""]
     else:
         variants = ["", *table]
-    return [(os, arch, v) for v in variants]
+    return [(node.os, node.architecture, v) for v in variants]
 
 
 def _crio_rank(node: Platform, image: Platform) -> int | None:

@@ -33,6 +33,7 @@ from archaudit.core.errors import ResolutionError
 from archaudit.core.kubetypes import Condition, ContainerReport, ImageAuditStatus, PlatformCheck
 from archaudit.core.manifests import ImagePlatforms
 from archaudit.core.platforms import Fit, Platform
+from archaudit.core.readiness import Requests
 from archaudit.core.scheduling import Node
 
 __all__ = [
@@ -76,6 +77,9 @@ _NAME_BYTES = 64
 _PLATFORM_BYTES = 40
 _DIGEST_BYTES = 100
 _NAME_MAX = 253  # metadata.name of the ImageAudit
+_MAX_TARGETS = 12  # runsOn: the cluster's node platforms plus cluster.platforms and the common targets
+_TAG_BYTES = 128  # the OCI limit on a tag
+_MAX_FIXES = 3  # fixing tags listed per container (one per lacking target platform)
 _NO_NODES = "no node matches the pods' scheduling constraints"
 
 
@@ -137,6 +141,9 @@ class Audit:
     incompatible_pods: Mapping[str, int]  # node platform -> pods running where an image cannot run
     unresolved: Mapping[str, str]  # image -> reason (errors.Reason value)
     evidence: tuple[tuple[str, RuntimeEvidence], ...]  # (pod name, evidence)
+    runs_on: tuple[str, ...] = ()  # target platforms on which every image runs
+    # resolved image -> target platforms it does not run on (what a fixing tag is looked for)
+    missing: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 # --- runtime evidence -------------------------------------------------------------------------------
@@ -246,6 +253,7 @@ class _ContainerTally:
     evidence: list[RuntimeEvidence] = field(default_factory=list)
     verdict: Verdict = Verdict.COMPATIBLE  # the engine's, worst over the pods
     reason: str = ""
+    fixes: dict[str, str] = field(default_factory=dict)  # platform it lacks -> tag that provides it
 
     def tally(self, node: Node, fit: Fit | None, *, running: bool) -> None:
         key = str(node.platform)
@@ -275,12 +283,21 @@ def build(
     previous: Mapping[str, Any] | None = None,
     extra_evidence: Iterable[tuple[str, RuntimeEvidence]] = (),
     template: TemplateFacts | None = None,
+    targets: Sequence[Node] = (),
+    replicas: int | None = None,
+    requests: Requests | None = None,
+    fixes: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Audit:
     """The report for `workload` from its pods (or, without pods, from `template`).
 
     `images` must hold a result for every container image; `now` is the RFC 3339 time of this check;
     `previous` the current `.status` (for condition transition times and the last announced problem);
     `extra_evidence` (pod name, evidence) pairs come from Events.
+
+    Readiness: `targets` (readiness.target_nodes: one virtual node per kind of node) give `runsOn`,
+    judged by the engine like any pod: a platform is listed when every image runs on every target node
+    of it. `replicas` and `requests` (one pod's) are recorded for `archaudit readiness` to sum;
+    `fixes` (image -> platform -> tag, from the tag finder) name the tag that would provide a platform.
     """
     pod_names = {p.name for p in pods}
     evidence = [(p.name, e) for p in pods for e in p.evidence]
@@ -356,10 +373,27 @@ def build(
     suggestion = (
         fix(judged_nodes.values(), usable) if verdict in (Verdict.INCOMPATIBLE, Verdict.AT_RISK) else None
     )
+    fixes = fixes or {}
+    runs_on, image_runs_on = _runs_on(judged, images, targets)
+    for t in judged:
+        found = fixes.get(t.container.image) or {}
+        t.fixes = {
+            p: tag for p, tag in sorted(found.items()) if p not in image_runs_on.get(t.container.image, ())
+        }
     message = _message(verdict, judged, pods, stuck, suggestion)
     if not pods and template is not None:
         message = _clip(_without_pods(template, verdict, message), _MESSAGE_BYTES)
     status = _status(workload, verdict, message, judged, pods, incompatible_pods)
+    for entry, t in zip(status["containers"], judged, strict=False):
+        entry["runsOn"] = list(image_runs_on.get(t.container.image, ()))[:_MAX_TARGETS]
+        entry["fixes"] = {
+            _clip(p, _PLATFORM_BYTES): _clip(tag, _TAG_BYTES) for p, tag in list(t.fixes.items())[:_MAX_FIXES]
+        }
+    status["runsOn"] = list(runs_on)[:_MAX_TARGETS]
+    if replicas is not None:
+        status["replicas"] = replicas
+    if requests is not None:
+        status["requests"] = {"cpu": requests.cpu, "memory": requests.memory}
     problem = _problem_key(verdict, judged, stuck)
     announced = str((previous or {}).get("announced") or "")
     status["announced"] = problem or ""
@@ -382,7 +416,46 @@ def build(
         incompatible_pods=incompatible_pods,
         unresolved=unresolved,
         evidence=tuple(evidence),
+        runs_on=runs_on,
+        missing={
+            image: tuple(p for p in _target_platforms(targets) if p not in ran)
+            for image, ran in image_runs_on.items()
+            if not isinstance(images[image], ResolutionError)
+        },
     )
+
+
+def _target_platforms(targets: Sequence[Node]) -> list[str]:
+    return sorted({str(n.platform) for n in targets})
+
+
+def _runs_on(
+    judged: Sequence[_ContainerTally],
+    images: Mapping[str, ImagePlatforms | ResolutionError],
+    targets: Sequence[Node],
+) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """(platforms every image runs on, image -> platforms it runs on), both from the engine.
+
+    The workload's images are judged together against the target nodes, as a pod that may land on any
+    of them: `usable_nodes` are the targets that run every image, `fits` say it per image. A platform
+    counts when every target node of it (every kind of node the cluster has of that platform) runs.
+    """
+    if not targets or not judged:
+        return (), {}
+    unique = list(dict.fromkeys(t.container.image for t in judged))
+    j = judge([(image, image, images[image]) for image in unique], targets, is_pod=False)
+    by_platform: dict[str, list[Node]] = {}
+    for node in targets:
+        by_platform.setdefault(str(node.platform), []).append(node)
+    usable = set(j.usable_nodes)
+    runs_on = tuple(p for p, nodes in sorted(by_platform.items()) if all(n.name in usable for n in nodes))
+    per_image = {
+        check.image: tuple(
+            p for p, nodes in sorted(by_platform.items()) if all(check.fit_on(n) is Fit.RUNS for n in nodes)
+        )
+        for check in j.images
+    }
+    return runs_on, per_image
 
 
 def _message(
@@ -422,6 +495,16 @@ def _without_pods(template: TemplateFacts, verdict: Verdict, message: str) -> st
 
 def _container_message(t: _ContainerTally) -> str:
     """What is wrong with one container's image, told with the tallies of the pods that run it."""
+    text = _container_problem(t)
+    if t.reason in (EngineReason.NO_MATCHING_PLATFORM, EngineReason.NOT_ON_ALL_CANDIDATES):
+        # The tag finder's answer for a platform of the nodes that cannot run it: the fix in one upgrade.
+        lacking = sorted(k for k, p in t.platforms.items() if p.fit is Fit.NO and k in t.fixes)
+        if lacking:
+            text += f"; fix: {t.fixes[lacking[0]]} provides {lacking[0]}"
+    return text
+
+
+def _container_problem(t: _ContainerTally) -> str:
     image = t.container.image
     if t.reason == EngineReason.RUNTIME_MISMATCH and t.evidence:
         return f"the runtime said: {t.evidence[0].message}"

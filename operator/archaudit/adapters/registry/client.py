@@ -12,10 +12,29 @@ property of the conversation with a registry, not of images. Two calls serve the
 (digest -> platforms: one GET, plus the config blob of a single-platform image or the child indexes
 of a nested index, never the children of a flat index).
 
+HTTP goes through an injected `Transport` (transport.py; aiohttp's in production, an in-memory fake
+registry in tests/unit/test_registry_client.py): one exchange per `send`, with the session, TLS, the
+host guard at connect time, per-registry semaphores and the streamed size cap behind it.
+
+What stays here, and why it is not behind the transport (httpx draws the same line: its Client, not
+its transports, follows redirects and runs auth flows):
+- Redirects: following one is a protocol decision (drop the registry's Authorization and TLS client
+  settings when blob storage on another host is named; 303 turns into GET), and the cap is reported
+  as a redirect loop of this image.
+- Retries (5xx, 429 with Retry-After as seconds or an HTTP-date, connection errors; bounded by
+  `max_retries`): whether to wait depends on the per-image deadline, which only the client knows; a
+  wait that would end past it is not started, so a "Retry-After: 3600" fails at once as
+  rate-limited instead of hanging. Time is injected (`timer`, `sleep`, `wall_clock`) so tests wait
+  for nothing.
+- Digest verification: which digest a body must hash to (the one asked for; a signed schema1's
+  payload) is a property of the request the protocol made, not of bytes on a wire. The transport
+  caps sizes while streaming, since only it holds the stream; the client refuses an oversized body
+  too, so no transport can hand it more than it asked for.
+
 Guards, in the order a request meets them: the per-image deadline (everything, retries included,
-runs inside it), the host guard (names and IP literals before connecting, resolved addresses at
-connect time via `GuardedResolver`), the per-registry concurrency semaphore, a redirect cap,
-a response-size cap while streaming, bounded retries for 5xx/429/connection errors.
+runs inside it), the host guard (the allow list for the registry a user named, here; deny list and
+address rules for every host contacted, in the transport), the per-registry concurrency semaphore,
+a redirect cap, the response-size cap, bounded retries.
 """
 
 from __future__ import annotations
@@ -28,18 +47,25 @@ import email.utils
 import json
 import logging
 import re
-import ssl
 import time
 import urllib.parse
-from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
-import aiohttp
-from multidict import CIMultiDictProxy
-
+from archaudit.adapters.registry.aiohttp_transport import AiohttpTransport
 from archaudit.adapters.registry.files import registries_from_file
-from archaudit.adapters.registry.safety import GuardedResolver, HostGuard
+from archaudit.adapters.registry.safety import HostGuard
+from archaudit.adapters.registry.transport import (
+    MAX_ERROR_BYTES,
+    BodyTooLargeError,
+    Headers,
+    Observer,
+    Request,
+    Response,
+    Transport,
+    TransportError,
+)
 from archaudit.core import manifests
 from archaudit.core.auth import (
     Challenge,
@@ -49,12 +75,13 @@ from archaudit.core.auth import (
     parse_www_authenticate,
     pick_challenge,
     pull_scope,
+    token_key,
 )
 from archaudit.core.config import RegistrySettings
 from archaudit.core.credentials import Credential
 from archaudit.core.errors import ManifestError, Reason, ResolutionError
 from archaudit.core.manifests import ImagePlatforms, Index
-from archaudit.core.mirrors import EMPTY, Endpoint, RegistriesConfig, TLSConfig
+from archaudit.core.mirrors import EMPTY, Endpoint, RegistriesConfig
 from archaudit.core.platforms import Platform
 from archaudit.core.reference import ImageReference
 
@@ -64,24 +91,18 @@ log = logging.getLogger(__name__)
 
 # An image config is usually a few KiB; a long build history makes it bigger. Cap it anyway.
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
-# Error bodies are only read for their error code.
-_MAX_ERROR_BYTES = 64 * 1024
 # An index inside an index inside an index is already unusual; deeper is refused, not followed.
 _MAX_NESTING = 3
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _RETRYABLE = frozenset({429, 500, 502, 503, 504})
 _T = TypeVar("_T")
+# Tag lists: pages of this many, at most this many pages (Docker Hub's biggest repositories have
+# tens of thousands of tags; the newest are what a fix is found among), each page size-capped.
+_TAG_PAGE_SIZE = 1000
+_MAX_TAG_PAGES = 5
+_MAX_TAGS_BYTES = 1024 * 1024
+_LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 _DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
-
-
-class Observer(Protocol):
-    """What metrics.py wants to know. Called synchronously: keep it cheap."""
-
-    def on_request(self, registry: str, method: str, status: int | None, seconds: float) -> None:
-        """One HTTP exchange with `registry` (host[:port]); status None = no answer (connection error)."""
-
-    def on_ratelimit(self, registry: str, remaining: int) -> None:
-        """Docker Hub's `ratelimit-remaining` as last seen for `registry`."""
 
 
 @dataclass(frozen=True)
@@ -112,14 +133,6 @@ class TagLookup:
 
     digest: str
     image: ImagePlatforms | None = None
-
-
-@dataclass(frozen=True)
-class _Response:
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    url: str
 
 
 class _UnauthorizedError(Exception):
@@ -227,7 +240,7 @@ def _verify(body: bytes, digest: str, what: str) -> None:
 
 
 class RegistryClient:
-    """One aiohttp session for all registries. Use `async with`, or call `aclose()`."""
+    """The registry protocol over an injected `Transport` (aiohttp's by default). Use `async with`."""
 
     def __init__(
         self,
@@ -239,7 +252,16 @@ class RegistryClient:
         insecure: Collection[str] = (),
         options: ClientOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
+        transport: Transport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        timer: Callable[[], float] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """`transport` defaults to an `AiohttpTransport` with this client's host guard (an injected
+        one brings its own). `clock` times token lifetimes; `timer` is the clock deadlines are on (the
+        event loop's by default; an injected one must not run behind it, since the deadline is also
+        enforced with `asyncio.timeout_at`) and `sleep` waits on it between retries; `wall_clock`
+        reads Retry-After dates. Tests inject them so that nothing really waits."""
         settings = settings or RegistrySettings()
         self.options = options or ClientOptions.from_settings(settings)
         if registries is None:
@@ -253,13 +275,18 @@ class RegistryClient:
             refuse_private=settings.refuse_private,
         )
         self.observer = observer
+        self.transport: Transport = transport or AiohttpTransport(
+            self.guard,
+            connect_timeout_seconds=self.options.connect_timeout_seconds,
+            concurrency_per_host=self.options.concurrency_per_registry,
+            observer=observer,
+        )
         self.tokens = TokenCache()
         self.ratelimit_remaining: dict[str, int] = {}
         self._clock = clock
-        self._session: aiohttp.ClientSession | None = None
-        self._semaphores: dict[str, asyncio.Semaphore] = {}
-        self._ssl: dict[TLSConfig, ssl.SSLContext | bool] = {}
-        self._default_ssl: ssl.SSLContext | None = None
+        self._sleep = sleep
+        self._timer = timer or _loop_time
+        self._wall_clock = wall_clock
         # what each (host, credential identity) asked for last time: pre-authorize the next request
         self._challenges: dict[tuple[str, str], Challenge] = {}
 
@@ -272,64 +299,13 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                resolver=GuardedResolver(self.guard), limit=0, ttl_dns_cache=30, enable_cleanup_closed=True
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.options.connect_timeout_seconds),
-                auto_decompress=True,
-                # no proxy from the environment: a proxy would connect where the host guard cannot look
-                trust_env=False,
-            )
-        return self._session
-
-    def _semaphore(self, host: str) -> asyncio.Semaphore:
-        sem = self._semaphores.get(host)
-        if sem is None:
-            sem = self._semaphores[host] = asyncio.Semaphore(self.options.concurrency_per_registry)
-        return sem
-
-    def _ssl_for(self, tls: TLSConfig | None) -> ssl.SSLContext | bool:
-        if tls is None or tls == TLSConfig():
-            if self._default_ssl is None:
-                self._default_ssl = ssl.create_default_context()
-            return self._default_ssl
-        ctx = self._ssl.get(tls)
-        if ctx is None:
-            if tls.insecure_skip_verify:
-                ctx = False  # configured per registry, as k3s does; never a silent fallback
-            else:
-                context = ssl.create_default_context(cafile=tls.ca_file or None)
-                if tls.cert_file:
-                    context.load_cert_chain(tls.cert_file, tls.key_file or None)
-                ctx = context
-            self._ssl[tls] = ctx
-        return ctx
+        await self.transport.aclose()
 
     # -- public operations
 
     def deadline(self) -> float:
-        """The deadline for one image starting now, on the event loop's clock."""
-        return asyncio.get_running_loop().time() + self.options.timeout_seconds
-
-    async def resolve(
-        self, ref: ImageReference, credentials: Sequence[Credential] = (), *, deadline: float | None = None
-    ) -> ImagePlatforms:
-        """The platforms of `ref`, uncached: HEAD the tag, GET the digest (+ config or nested indexes)."""
-        deadline = self.deadline() if deadline is None else deadline
-        if ref.digest:
-            return await self.fetch(ref, ref.digest, credentials, deadline=deadline)
-        found = await self.lookup(ref, credentials, deadline=deadline)
-        if found.image is not None:
-            return found.image
-        return await self.fetch(ref, found.digest, credentials, deadline=deadline)
+        """The deadline for one image starting now, on the timer's clock (the event loop's)."""
+        return self._timer() + self.options.timeout_seconds
 
     async def lookup(
         self, ref: ImageReference, credentials: Sequence[Credential] = (), *, deadline: float | None = None
@@ -355,6 +331,48 @@ class RegistryClient:
             return await self._fetch_at(attempt, digest)
 
         return await self._over_endpoints(ref, credentials, deadline, at)
+
+    # -- tag listing: only for the readiness tag finder (adapters/tagfinder.py), off the admission path.
+    # Kept apart from lookup/fetch: it reuses the endpoint, credential and request machinery (so it is
+    # guarded, capped, authorized and counted in the registry metrics like every other request).
+
+    async def list_tags(
+        self,
+        ref: ImageReference,
+        credentials: Sequence[Credential] = (),
+        *,
+        deadline: float | None = None,
+        max_pages: int = _MAX_TAG_PAGES,
+    ) -> list[str]:
+        """The tags of `ref`'s repository (`GET /v2/<name>/tags/list`, following `Link` pages, bounded)."""
+        deadline = self.deadline() if deadline is None else deadline
+
+        async def at(attempt: _Attempt) -> list[str]:
+            return await self._tags_at(attempt, max_pages)
+
+        return await self._over_endpoints(ref, credentials, deadline, at)
+
+    async def _tags_at(self, attempt: _Attempt, max_pages: int) -> list[str]:
+        url = attempt.url("tags", "list")
+        url += ("&" if "?" in url else "?") + f"n={_TAG_PAGE_SIZE}"
+        tags: list[str] = []
+        for _page in range(max(1, max_pages)):
+            resp = await self._registry_request(attempt, "GET", url, max_body=_MAX_TAGS_BYTES)
+            if resp.status != 200:
+                self._raise_for(attempt, resp, "tag list")
+            try:
+                listed = json.loads(resp.body).get("tags") or []
+            except (ValueError, AttributeError):
+                raise ResolutionError(
+                    Reason.INVALID_MANIFEST,
+                    f"{attempt.image}: {attempt.registry} sent an unreadable tag list",
+                ) from None
+            tags.extend(t for t in listed if isinstance(t, str))
+            following = _next_page(resp.header("Link") or "", url)
+            if following is None:
+                break
+            url = following
+        return tags
 
     # -- endpoints and credentials
 
@@ -435,7 +453,7 @@ class RegistryClient:
         ref_tag = attempt.ref.tag or "latest"
         resp = await self._registry_request(attempt, "HEAD", attempt.url("manifests", ref_tag))
         if resp.status == 200:
-            announced = resp.headers.get("Docker-Content-Digest", "")
+            announced = resp.header("Docker-Content-Digest") or ""
             if _DIGEST.match(announced):
                 return TagLookup(announced)
         elif resp.status not in (405, 400):  # some proxies refuse HEAD: then GET
@@ -454,7 +472,7 @@ class RegistryClient:
         resp = await self._get_manifest(attempt, digest)
         return await self._platforms_of(attempt, digest, resp)
 
-    async def _get_manifest(self, attempt: _Attempt, digest: str) -> _Response:
+    async def _get_manifest(self, attempt: _Attempt, digest: str) -> Response:
         resp = await self._registry_request(
             attempt, "GET", attempt.url("manifests", digest), max_body=manifests.MAX_MANIFEST_BYTES
         )
@@ -463,7 +481,7 @@ class RegistryClient:
         _verify(resp.body, digest, attempt.image)
         return resp
 
-    async def _platforms_of(self, attempt: _Attempt, digest: str, resp: _Response) -> ImagePlatforms:
+    async def _platforms_of(self, attempt: _Attempt, digest: str, resp: Response) -> ImagePlatforms:
         document = self._parse(attempt, resp)
         if isinstance(document, Index):
             nested = await self._nested_indexes(attempt, document, 1)
@@ -476,9 +494,9 @@ class RegistryClient:
             return manifests.platforms_of_manifest(document, digest, config)
         return manifests.platforms_of_manifest(document, digest, None)
 
-    def _parse(self, attempt: _Attempt, resp: _Response) -> manifests.Document:
+    def _parse(self, attempt: _Attempt, resp: Response) -> manifests.Document:
         try:
-            return manifests.parse_document(resp.body, resp.headers.get("Content-Type"))
+            return manifests.parse_document(resp.body, resp.header("Content-Type"))
         except ManifestError as e:
             raise ResolutionError(
                 Reason.INVALID_MANIFEST,
@@ -521,7 +539,7 @@ class RegistryClient:
                 Reason.INVALID_MANIFEST, f"{attempt.image}: unreadable image config {config.digest}: {e}"
             ) from None
 
-    def _raise_for(self, attempt: _Attempt, resp: _Response, what: str) -> None:
+    def _raise_for(self, attempt: _Attempt, resp: Response, what: str) -> None:
         code = _error_code(resp.body)
         detail = f" ({code})" if code else ""
         where = f"{attempt.image}: {attempt.registry}"
@@ -565,7 +583,10 @@ class RegistryClient:
         ) -> tuple[int, bytes]:
             host = urllib.parse.urlsplit(url).netloc
             tls = attempt.endpoint.tls if host == attempt.endpoint.host else None
-            resp = await self._send(attempt, method, url, dict(headers), data, _MAX_ERROR_BYTES, tls)
+            request = Request(
+                method, url, tuple(headers.items()), data, MAX_ERROR_BYTES, tls, attempt.registry
+            )
+            resp = await self._send(attempt, request)
             return resp.status, resp.body
 
         try:
@@ -585,101 +606,86 @@ class RegistryClient:
         return "Bearer " + token.value
 
     async def _registry_request(
-        self, attempt: _Attempt, method: str, url: str, *, max_body: int = _MAX_ERROR_BYTES
-    ) -> _Response:
+        self, attempt: _Attempt, method: str, url: str, *, max_body: int = MAX_ERROR_BYTES
+    ) -> Response:
         """A request to the registry, authorized as it asks; raises _UnauthorizedError when refused."""
-        headers = {"Accept": manifests.ACCEPT}
         key = (attempt.registry, self._identity(attempt))
         known = self._challenges.get(key)
-        if known is not None:
-            headers["Authorization"] = await self._authorization(attempt, known)
-        resp = await self._send(attempt, method, url, headers, None, max_body, attempt.endpoint.tls)
+        authorization = await self._authorization(attempt, known) if known is not None else None
+
+        def request(authorization: str | None) -> Request:
+            headers: Headers = (("Accept", manifests.ACCEPT),)
+            if authorization is not None:
+                headers += (("Authorization", authorization),)
+            return Request(method, url, headers, None, max_body, attempt.endpoint.tls, attempt.registry)
+
+        resp = await self._send(attempt, request(authorization))
         if resp.status == 401:
             challenge = pick_challenge(
-                parse_www_authenticate(", ".join(resp.headers.getall("WWW-Authenticate", [])))
+                parse_www_authenticate(", ".join(resp.header_values("WWW-Authenticate")))
             )
             if challenge is None:
                 raise _UnauthorizedError(401)
             if known is not None and challenge == known:
                 if challenge.scheme != "bearer":
                     raise _UnauthorizedError(401)  # the same Basic credential again: it is refused
-                self.tokens.drop(self._token_key(attempt, challenge))  # revoked or expired early
+                # revoked or expired early
+                self.tokens.drop(
+                    token_key(challenge, pull_scope(attempt.endpoint.repository), attempt.credential)
+                )
             self._challenges[key] = challenge
-            headers["Authorization"] = await self._authorization(attempt, challenge)
-            resp = await self._send(attempt, method, url, headers, None, max_body, attempt.endpoint.tls)
+            resp = await self._send(attempt, request(await self._authorization(attempt, challenge)))
             if resp.status == 401:
                 raise _UnauthorizedError(401)
         if resp.status == 403:
             raise _UnauthorizedError(403)
         return resp
 
-    def _token_key(self, attempt: _Attempt, challenge: Challenge) -> tuple[str, str, str, str]:
-        return (
-            challenge.realm,
-            challenge.params.get("service", ""),
-            pull_scope(attempt.endpoint.repository),
-            self._identity(attempt),
-        )
+    # -- one exchange as the protocol wants it: redirects followed, failures retried, bodies bounded
 
-    # -- one HTTP exchange: guard, semaphore, redirects, retries, size cap, observation
-
-    async def _send(
-        self,
-        attempt: _Attempt,
-        method: str,
-        url: str,
-        headers: dict[str, str],
-        data: bytes | None,
-        max_body: int,
-        tls: TLSConfig | None,
-    ) -> _Response:
-        loop = asyncio.get_running_loop()
+    async def _send(self, attempt: _Attempt, request: Request) -> Response:
+        """`request` through the transport, following redirects and retrying within the deadline."""
         retries = 0
         redirects = 0
-        origin = urllib.parse.urlsplit(url).netloc
+        origin = urllib.parse.urlsplit(request.url).netloc
         while True:
-            host = urllib.parse.urlsplit(url).netloc
             try:
-                # The named registry passed check_host in _with_credentials; every host contacted
-                # (endpoint, token realm, blob storage redirect) gets the deny list and address rules.
-                self.guard.check_target(host)
-            except ResolutionError as e:
-                raise ResolutionError(e.reason, f"{attempt.image}: {e.message}") from None
-            try:
-                resp = await self._exchange(attempt, method, url, headers, data, max_body, tls, host)
-            except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
-                raise ResolutionError(
-                    Reason.UNREACHABLE, f"{attempt.image}: TLS with {host} failed: {_short(e)}"
-                ) from None
-            except (aiohttp.ClientError, OSError) as e:
-                if retries >= self.options.max_retries or not self._can_wait(
-                    loop, attempt, self._backoff(retries)
-                ):
+                resp = await self.transport.send(request)
+            except TransportError as e:
+                if e.tls:
                     raise ResolutionError(
-                        Reason.UNREACHABLE, f"{attempt.image}: cannot reach {host}: {_short(e)}"
+                        Reason.UNREACHABLE, f"{attempt.image}: TLS with {e.host} failed: {e.detail}"
                     ) from None
-                await asyncio.sleep(self._backoff(retries))
+                wait = self._backoff(retries)
+                if retries >= self.options.max_retries or not self._can_wait(attempt, wait):
+                    raise ResolutionError(
+                        Reason.UNREACHABLE, f"{attempt.image}: cannot reach {e.host}: {e.detail}"
+                    ) from None
+                await self._sleep(wait)
                 retries += 1
                 continue
-            if resp.status in _REDIRECTS and "Location" in resp.headers:
+            except BodyTooLargeError as e:
+                raise _too_large(attempt, e.url, e.cap, e.declared) from None
+            except ResolutionError as e:  # the host guard refused a host or its addresses
+                raise ResolutionError(e.reason, f"{attempt.image}: {e.message}") from None
+            if resp.status == 200 and len(resp.body) > request.max_body:
+                raise _too_large(attempt, request.url, request.max_body, None)  # a transport that overreads
+            self._note_ratelimit(attempt.registry, resp)
+            location = resp.header("Location")
+            if resp.status in _REDIRECTS and location is not None:
                 redirects += 1
                 if redirects > self.options.max_redirects:
                     return resp  # the caller reports the loop
-                url = urllib.parse.urljoin(url, resp.headers["Location"])
-                if urllib.parse.urlsplit(url).netloc != origin:
-                    # blob storage (S3, GCS) must not see the registry's credentials
-                    headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-                    tls = None
-                if resp.status == 303:
-                    method, data = ("HEAD" if method == "HEAD" else "GET"), None
+                request = _redirected(
+                    request, resp.status, urllib.parse.urljoin(request.url, location), origin
+                )
                 continue
             if resp.status in _RETRYABLE:
-                wait = retry_after(resp.headers.get("Retry-After"))
-                if wait is None:
-                    wait = self._backoff(retries)
-                if retries >= self.options.max_retries or not self._can_wait(loop, attempt, wait):
+                asked = retry_after(resp.header("Retry-After"), now=self._wall_clock())
+                pause = self._backoff(retries) if asked is None else asked
+                if retries >= self.options.max_retries or not self._can_wait(attempt, pause):
                     return resp  # the caller maps the status (429 rate-limited, 5xx registry error)
-                await asyncio.sleep(wait)
+                await self._sleep(pause)
                 retries += 1
                 continue
             return resp
@@ -687,70 +693,11 @@ class RegistryClient:
     def _backoff(self, retries: int) -> float:
         return float(min(self.options.backoff_seconds * (2**retries), 2.0))
 
-    @staticmethod
-    def _can_wait(loop: asyncio.AbstractEventLoop, attempt: _Attempt, seconds: float) -> bool:
-        return loop.time() + seconds < attempt.deadline
+    def _can_wait(self, attempt: _Attempt, seconds: float) -> bool:
+        return self._timer() + seconds < attempt.deadline
 
-    async def _exchange(
-        self,
-        attempt: _Attempt,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        data: bytes | None,
-        max_body: int,
-        tls: TLSConfig | None,
-        host: str,
-    ) -> _Response:
-        scheme = urllib.parse.urlsplit(url).scheme
-        ssl_arg = self._ssl_for(tls) if scheme == "https" else True
-        started = time.perf_counter()
-        status: int | None = None
-        try:
-            async with (
-                self._semaphore(host),
-                self._http().request(
-                    method, url, headers=headers, data=data, allow_redirects=False, ssl=ssl_arg
-                ) as resp,
-            ):
-                status = resp.status
-                self._note_ratelimit(attempt.registry, resp.headers)
-                body = b""
-                if method != "HEAD":
-                    cap = max_body if status == 200 else min(max_body, _MAX_ERROR_BYTES)
-                    body = await self._read_capped(attempt, resp, cap, url)
-                return _Response(status, resp.headers, body, url)
-        finally:
-            if self.observer is not None:
-                self.observer.on_request(attempt.registry, method, status, time.perf_counter() - started)
-
-    async def _read_capped(
-        self, attempt: _Attempt, resp: aiohttp.ClientResponse, cap: int, url: str
-    ) -> bytes:
-        declared = resp.content_length
-        if resp.status == 200 and declared is not None and declared > cap:
-            raise ResolutionError(
-                Reason.INVALID_MANIFEST,
-                f"{attempt.image}: {attempt.registry} announces {declared} bytes, more than the "
-                f"{cap}-byte limit for {_what(url)}",
-            )
-        chunks: list[bytes] = []
-        total = 0
-        async for chunk in resp.content.iter_chunked(65536):
-            total += len(chunk)
-            if total > cap:
-                if resp.status != 200:
-                    break  # an error page: its head is enough
-                raise ResolutionError(
-                    Reason.INVALID_MANIFEST,
-                    f"{attempt.image}: {attempt.registry} sent more than the {cap}-byte limit "
-                    f"for {_what(url)}",
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _note_ratelimit(self, registry: str, headers: Mapping[str, str]) -> None:
-        value = headers.get("ratelimit-remaining")
+    def _note_ratelimit(self, registry: str, resp: Response) -> None:
+        value = resp.header("ratelimit-remaining")
         if value is None:
             return
         remaining = _parse_ratelimit(value)
@@ -761,15 +708,41 @@ class RegistryClient:
             self.observer.on_ratelimit(registry, remaining)
 
 
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _redirected(request: Request, status: int, url: str, origin: str) -> Request:
+    """The request to make at a redirect's target: RFC 9110 15.4 as browsers and containerd apply it."""
+    headers, tls = request.headers, request.tls
+    if urllib.parse.urlsplit(url).netloc != origin:
+        # blob storage (S3, GCS) must not see the registry's credentials, nor its client certificate
+        headers = tuple((k, v) for k, v in headers if k.lower() != "authorization")
+        tls = None
+    method, body = request.method, request.body
+    if status == 303:
+        method, body = ("HEAD" if method == "HEAD" else "GET"), None
+    return replace(request, method=method, url=url, headers=headers, body=body, tls=tls)
+
+
+def _too_large(attempt: _Attempt, url: str, cap: int, declared: int | None) -> ResolutionError:
+    said = f"announces {declared} bytes, more than" if declared is not None else "sent more than"
+    return ResolutionError(
+        Reason.INVALID_MANIFEST,
+        f"{attempt.image}: {attempt.registry} {said} the {cap}-byte limit for {_what(url)}",
+    )
+
+
+def _next_page(link: str, url: str) -> str | None:
+    """The `rel="next"` URL of a Link header, only on the host that sent it (no hop elsewhere)."""
+    match = _LINK_NEXT.search(link)
+    if match is None:
+        return None
+    following = urllib.parse.urljoin(url, match.group(1))
+    same = urllib.parse.urlsplit(following).netloc == urllib.parse.urlsplit(url).netloc
+    return following if same and following != url else None
+
+
 def _what(url: str) -> str:
     path = urllib.parse.urlsplit(url).path
     return "a manifest" if "/manifests/" in path else "a blob" if "/blobs/" in path else "this response"
-
-
-def _short(e: BaseException) -> str:
-    """An exception in one line, without credentials (aiohttp messages carry host:port and OS errors only)."""
-    if isinstance(e, aiohttp.ClientConnectorError):
-        # aiohttp's own text embeds the repr of its SSLContext; the OS error is what people need.
-        return f"{e.os_error.strerror or e.os_error}" if e.os_error else type(e).__name__
-    text = str(e) or type(e).__name__
-    return text.splitlines()[0][:200]
