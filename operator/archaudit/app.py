@@ -25,9 +25,10 @@ from typing import Any
 
 import kopf
 
-from archaudit import __version__, webhook
+from archaudit import __version__, placement, webhook
 from archaudit.adapters import certs, events, kube, metrics
 from archaudit.adapters.auditstore import AuditStore
+from archaudit.adapters.placement_metrics import PlacementMetrics
 from archaudit.adapters.resolver import Resolver
 from archaudit.context import Context, NodeMap
 from archaudit.core import config
@@ -125,16 +126,23 @@ class WebhookServer(kopf.WebhookServer):
     """
 
     def __init__(
-        self, *, admit: ReviewFn, on_drop: Callable[[str], None] | None = None, **kwargs: Any
+        self,
+        *,
+        admit: ReviewFn,
+        mutate: ReviewFn | None = None,
+        on_drop: Callable[[str], None] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.admit = admit
+        self.mutate = mutate
         self.on_drop = on_drop  # a review not judged for want of memory (metrics count it)
         self.listening = asyncio.Event()
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         # kopf types WebhookFn with its TypedDicts; ours takes the same parsed JSON as plain mappings.
-        async for client_config in super().__call__(self.admit):  # type: ignore[arg-type]
+        routes = _Routes(self.admit, self.mutate)
+        async for client_config in super().__call__(routes):  # type: ignore[arg-type]
             self.listening.set()  # kopf yields only after its site has started
             yield client_config
 
@@ -156,7 +164,9 @@ class WebhookServer(kopf.WebhookServer):
     async def _judge(fn: ReviewFn, request: Any) -> Any:
         from aiohttp import web
 
-        if request.match_info.get("id") not in webhook.WEBHOOKS:
+        routes = fn if isinstance(fn, _Routes) else _Routes(fn, None)
+        target = routes.find(request.match_info.get("id", ""))
+        if target is None:
             return web.json_response({"error": f"no webhook at {request.path}"}, status=404)
         # aiohttp's default cap is 1 MiB; an UPDATE review carries the object twice, each up to the
         # apiserver's 3 MiB request limit. Refused, it would be admitted unchecked (failurePolicy Ignore).
@@ -186,7 +196,7 @@ class WebhookServer(kopf.WebhookServer):
         if not isinstance(data["request"]["uid"], str) or len(data["request"]["uid"]) > 256:
             return _bad_review("request.uid must be a string")  # it is echoed in the answer
         try:
-            answer = await fn(data)
+            answer = await target(data)
         except Exception as e:
             # A review with the right keys but values of the wrong types (a hostile client; the
             # apiserver never sends one) must not become a 500: admitted, fail-open, and said why.
@@ -220,6 +230,26 @@ def _bad_review(reason: str) -> Any:
     return web.json_response({"error": reason}, status=400)
 
 
+class _Routes:
+    """Which handler answers a path. Served from the root, `validate/<id>` (webhook.WEBHOOKS) and
+    `mutate/<id>` (placement.MUTATING_WEBHOOKS); a server rooted at /validate sees bare ids."""
+
+    def __init__(self, admit: ReviewFn, mutate: ReviewFn | None) -> None:
+        self.admit = admit
+        self.mutate = mutate
+
+    async def __call__(self, data: Mapping[str, Any], **kwargs: Any) -> Mapping[str, Any]:
+        return await self.admit(data, **kwargs)
+
+    def find(self, route: str) -> ReviewFn | None:
+        kind, _, name = route.rpartition("/")
+        if kind in ("", "validate") and name in webhook.WEBHOOKS:
+            return self.admit
+        if kind == "mutate" and name in placement.MUTATING_WEBHOOKS:
+            return self.mutate
+        return None
+
+
 # --- the operator ---------------------------------------------------------------------------------
 
 
@@ -234,6 +264,8 @@ class Runtime:
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
     server: WebhookServer | None = None
     admission: webhook.Admission | None = None
+    mutation: placement.Mutation | None = None
+    gates: placement.GateController | None = None
 
     def ready(self) -> bool:
         """Ready to be sent admission traffic; raises with the reason (the 503's text) when stale.
@@ -391,11 +423,37 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         on_warning_event=on_warning_event,
         log_denials=settings.webhook.log_denials,
     )
+    _register_placement(registry, rt)
     if settings.audit.enabled:
         from archaudit import audit
 
         audit.register(registry, lambda: ctx)
     return registry
+
+
+def _register_placement(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
+    """`/mutate/pods` and the gate controller; the pod watch is shared with the auditor's (one stream)."""
+
+    gates = rt.gates = placement.GateController(rt.ctx)
+    observed = PlacementMetrics(rt.metrics.registry, gates.gated)
+    gates.observe = observed.observe
+    rt.mutation = placement.Mutation(lambda: rt.ctx, observe=observed.observe)
+
+    @kopf.on.event(
+        "",
+        "v1",
+        "pods",
+        registry=registry,
+        id="placement-gates",
+        when=lambda body, **_: gates.interesting(body),
+    )
+    async def pod_event(event: Mapping[str, Any], **_: Any) -> None:
+        obj = event.get("object") or {}
+        gates.seen(obj, deleted=event.get("type") == "DELETED")
+
+    @kopf.on.cleanup(registry=registry, id="placement-cleanup")
+    async def stop_gates(**_: Any) -> None:
+        await gates.stop()
 
 
 def _workload_of(store: AuditStore) -> events.OwnerOf:
@@ -422,8 +480,9 @@ async def _webhook_server(rt: Runtime) -> WebhookServer:
             on_drop=rt.metrics.observe_dropped_review,
             addr=ws.host,
             port=ws.port,
-            path="/validate",
+            path="",
             certfile=ws.cert_file,
+            mutate=rt.mutation,
             pkeyfile=ws.key_file,
         )
     if ws.tls_mode != "self":
@@ -436,10 +495,11 @@ async def _webhook_server(rt: Runtime) -> WebhookServer:
     rt.ctx.certificate_loaded.set()
     return WebhookServer(
         admit=admit,
+        mutate=rt.mutation,
         on_drop=rt.metrics.observe_dropped_review,
         addr=ws.host,
         port=ws.port,
-        path="/validate",
+        path="",
         certfile=str(cert),
         pkeyfile=str(key),
     )
@@ -499,6 +559,11 @@ async def _keep_ca_bundle(rt: Runtime, material: certs.TLSMaterial) -> None:
                 log.warning("ValidatingWebhookConfiguration %s not found; will retry", name)
         except Exception as e:
             log.warning("cannot patch the caBundle of %s: %s", name, e)
+        try:
+            # The placement webhook is optional in the chart: its absence is no warning.
+            await rt.api.patch_webhook_ca_bundle(name, material.ca_bundle, mutating=True)
+        except Exception as e:
+            log.warning("cannot patch the caBundle of MutatingWebhookConfiguration %s: %s", name, e)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(rt.stop.wait(), timeout=60)
 

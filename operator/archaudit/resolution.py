@@ -16,12 +16,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from archaudit.context import Context
-from archaudit.core.errors import InvalidReference, Reason, ResolutionError
+from archaudit.core.errors import DeadlineExpiredError, InvalidReference, Reason, ResolutionError
 from archaudit.core.manifests import ImagePlatforms
 from archaudit.core.reference import ImageReference
 from archaudit.core.reference import parse as parse_reference
 
-__all__ = ["Resolved", "resolve_images"]
+__all__ = ["DeadlineExpiredError", "Resolved", "resolve_images"]
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ async def resolve_images(
                 Reason.REGISTRY_ERROR, f"image {img}: internal error ({type(exc).__name__})"
             )
         else:
-            results[img] = ResolutionError(
+            results[img] = DeadlineExpiredError(
                 Reason.TIMEOUT, f"image {img}: the registry did not answer within {deadline:.1f}s"
             )
     return {img: results[img] for img in dict.fromkeys(images)}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from archaudit.context import Context
-from archaudit.core import policy, scheduling, workloads
+from archaudit.core import placement, policy, scheduling, workloads
 from archaudit.core.kubetypes import AdmissionResponse, AdmissionReview
 from archaudit.core.warnings import fit as fit_warnings
 from archaudit.resolution import resolve_images
@@ -142,8 +142,28 @@ async def review(
     resolved = await resolve_images(ctx, namespace, spec, [e[2] for e in entries], remaining)
     images = [(name, image, resolved[image]) for _section, name, image in entries]
     # The scheduling view adds what controllers add to pods (a DaemonSet's tolerations, for example).
-    decision = _decide(ctx, workloads.scheduling_spec_of(obj) or spec, images, mode=mode, is_pod=is_pod)
+    scheduling_spec = workloads.scheduling_spec_of(obj) or spec
+    if is_pod and old is None and placement.has_gate(spec):
+        scheduling_spec = _as_ungated(ctx, obj, scheduling_spec, images)
+    decision = _decide(ctx, scheduling_spec, images, mode=mode, is_pod=is_pod)
     return ReviewOutcome(decision.allowed, decision.message, decision.warnings, mode, decision)
+
+
+def _as_ungated(
+    ctx: Context, pod: Mapping[str, Any], spec: Mapping[str, Any], images: Sequence[policy.ImageResult]
+) -> Mapping[str, Any]:
+    """A pod created with placement's gate is judged with the constraint placement gives it when the
+    gate is removed (when its images are known by now), not as the unconstrained pod it is for a moment."""
+    settings = ctx.settings.placement
+    base = placement.original_spec(spec, placement.previous(pod))
+    answer = placement.place(
+        base,
+        images,
+        ctx.schedulable_universe(),
+        prefer_architecture=settings.prefer_architecture,
+        prefer_weight=settings.prefer_weight,
+    )
+    return placement.constrained_spec(base, answer) if answer.result is placement.Result.PLACED else spec
 
 
 class _DecisionMemo:

@@ -611,3 +611,157 @@ async def test_cold_pod_images_are_resolved_concurrently(rig: Rig) -> None:
         f"{many * 1000:.0f} ms = {many / single:.2f} x one image ({COLD_IMAGES * chain} requests)",
         f"~1 x one image (one after the other: {COLD_IMAGES} x)",
     )
+
+
+# --- placement: the mutating review (warm) and the gate path (cold) ------------------------------------
+
+MUTATE_PATH = "/mutate/pods"
+# amd64-docker runs on amd64 only: every review of this pod answers with `kubernetes.io/arch In (amd64)`.
+PLACED_IMAGES = ("multiarch", "amd64-docker")
+GATE_TRIALS = 3
+GATE_PROXY_LATENCY = 1.5  # per registry request: a cold image's chain takes longer than the 2 s budget
+
+
+def placement_object(cluster: Cluster, name: str, images: Sequence[str]) -> dict[str, Any]:
+    """The pod as a mutating webhook receives it (server dry run): no nodeSelector, no affinity."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"containers": [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]},
+    }
+    core: Any = client.CoreV1Api(cluster.admin)
+    raw = core.create_namespaced_pod(BENCH_NAMESPACE, pod, dry_run="All", _preload_content=False)
+    created: dict[str, Any] = json.loads(raw.data)
+    return created
+
+
+def placed_patch(answer: Answer, uid: str) -> list[dict[str, Any]]:
+    """The JSONPatch of one mutating answer, after checking it answers `uid` and allows."""
+    assert answer.status == 200, answer.payload[:500]
+    response = json.loads(answer.payload)["response"]
+    assert response["uid"] == uid
+    assert response["allowed"] is True
+    assert response.get("patchType") == "JSONPatch", response
+    ops: list[dict[str, Any]] = json.loads(base64.b64decode(response["patch"]))
+    return ops
+
+
+def assert_placed_on_amd64(answer: Answer, uid: str) -> None:
+    ops = placed_patch(answer, uid)
+    affinity = next(op["value"] for op in ops if op["path"] == "/spec/affinity")
+    terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [
+        {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}
+    ]
+
+
+def _placement_on(rig: Rig) -> None:
+    """Placement on in the bench namespace, once the operator's namespace watch has the label."""
+    core = client.CoreV1Api(rig.cluster.admin)
+    core.patch_namespace(BENCH_NAMESPACE, {"metadata": {"labels": {"archaudit.io/placement": "on"}}})
+
+
+async def test_warm_mutating_review_latency_and_throughput(rig: Rig) -> None:
+    rig.proxy.set("pass")
+    await warm_cache(rig)
+    await asyncio.to_thread(_placement_on, rig)
+    refs = [rig.images[name] for name in PLACED_IMAGES]
+    obj = await asyncio.to_thread(placement_object, rig.cluster, "bench-placed", refs)
+    url = rig.operator.url + MUTATE_PATH
+
+    async def placed_once() -> bool:
+        _uids, bodies = review_bodies(obj, 1)
+        answers, _ = await post_all(url, rig.tls, bodies, concurrency=1, max_seconds=10)
+        return "patch" in json.loads(answers[0].payload)["response"]
+
+    deadline = time.monotonic() + 60
+    while not await placed_once():  # the namespace watch delivers the label within moments
+        assert time.monotonic() < deadline, "the operator never saw archaudit.io/placement=on"
+    rig.proxy.set("pass")
+    uids, bodies = review_bodies(obj, UNTIMED_WARMUP)
+    answers, _ = await post_all(url, rig.tls, bodies, concurrency=8, max_seconds=60)
+    for answer in answers:
+        assert_placed_on_amd64(answer, uids[answer.index])
+    for concurrency, count, max_seconds in (LATENCY_RUN, THROUGHPUT_RUN):
+        uids, bodies = review_bodies(obj, count)
+        cpu_before, own_before = _cpu_seconds(rig.pid), time.process_time()
+        answers, wall = await post_all(url, rig.tls, bodies, concurrency=concurrency, max_seconds=max_seconds)
+        cpu = _cpu_seconds(rig.pid) - cpu_before
+        own_cpu = time.process_time() - own_before
+        for answer in answers:
+            assert_placed_on_amd64(answer, uids[answer.index])
+        latencies = sorted(a.seconds for a in answers)
+        ms = [percentile(latencies, q) * 1000 for q in (0.5, 0.9, 0.99)]
+        what = f"warm mutating review (placed), 2-container pod, concurrency {concurrency}, {len(answers):,}"
+        _row(
+            f"{what}: client latency",
+            f"p50 {ms[0]:.2f} ms, p90 {ms[1]:.2f} ms, p99 {ms[2]:.2f} ms, max {latencies[-1] * 1000:.1f} ms",
+            "p99 <= 5 ms",
+        )
+        _row(
+            f"{what}: throughput",
+            f"{len(answers) / wall:,.0f} reviews/s in {wall:.1f}s; operator CPU {cpu / wall:.0%} of a core "
+            f"= {len(answers) / cpu:,.0f} reviews per CPU-second; load generator CPU {own_cpu / wall:.0%}",
+            ">= 1,000 reviews per operator CPU-second",
+        )
+    assert len(rig.proxy.requests()) == 0, rig.proxy.requests()[:10]
+
+
+async def test_cold_image_create_to_scheduled_through_the_gate(rig: Rig) -> None:
+    from tests.harness.operator import WEBHOOK_CONFIG, mutating_webhook_configuration, wait_until_placed
+
+    await asyncio.to_thread(_placement_on, rig)
+    admission = client.AdmissionregistrationV1Api(rig.cluster.admin)
+    admission.create_mutating_webhook_configuration(mutating_webhook_configuration(rig.operator.url))
+    core = client.CoreV1Api(rig.cluster.admin)
+    try:
+        rig.proxy.set("pass")
+        canary = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "canary"},
+            "spec": {"containers": [{"name": "c", "image": rig.images["amd64-docker"]}]},
+        }
+        await asyncio.to_thread(
+            wait_until_placed,
+            rig.cluster.admin,
+            BENCH_NAMESPACE,
+            canary,
+            service=rig.operator.service,
+            what="placement",
+        )
+        rig.proxy.latency = GATE_PROXY_LATENCY
+        seconds: list[float] = []
+        for trial in range(GATE_TRIALS):
+            images = await asyncio.to_thread(push_cold_images, rig, 1, f"gate-{trial}-{uuid.uuid4().hex[:6]}")
+            name = f"gated-{trial}"
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name},
+                "spec": {"containers": [{"name": "c", "image": next(iter(images.values()))}]},
+            }
+            rig.proxy.set("latency")
+            started = time.monotonic()
+            created = await asyncio.to_thread(core.create_namespaced_pod, BENCH_NAMESPACE, pod)
+            assert [g.name for g in created.spec.scheduling_gates or []] == ["archaudit.io/placement"]
+
+            def scheduled(name: str = name) -> bool:
+                return bool(core.read_namespaced_pod(name, BENCH_NAMESPACE).spec.node_name)
+
+            await asyncio.to_thread(
+                wait_until, scheduled, timeout=60, interval=0.05, what=f"{name} scheduled"
+            )
+            seconds.append(time.monotonic() - started)
+            rig.proxy.set("pass")
+            landed = await asyncio.to_thread(core.read_namespaced_pod, name, BENCH_NAMESPACE)
+            assert landed.spec.node_name.startswith("amd64-"), landed.spec.node_name  # amd64-only image
+        _row(
+            f"cold image through the gate: pod CREATE to scheduled, {GATE_PROXY_LATENCY * 1000:.0f} ms per "
+            f"registry request (median of {GATE_TRIALS})",
+            f"{statistics.median(seconds):.2f} s (min {min(seconds):.2f}, max {max(seconds):.2f})",
+            "the image's resolution + one update; well under placement.gateTimeoutSeconds (30 s)",
+        )
+    finally:
+        admission.delete_mutating_webhook_configuration(WEBHOOK_CONFIG)

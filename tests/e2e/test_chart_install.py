@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,6 +339,32 @@ def test_upgrade_keeps_the_webhook_and_its_ca_bundle(release: Release) -> None:
     assert (status["version"], status["info"]["status"]) == (2, "deployed")
     # The chart renders no caBundle in self mode; helm's three-way merge keeps the operator's patch.
     assert release.ca_bundles() == {release.operator_ca_bundle()}
+
+
+def test_the_uninstall_hook_releases_gated_pods_as_the_chart_service_account(
+    cluster: Cluster, release: Release, plain_registry: Seeded, namespace: str
+) -> None:
+    """helm uninstall's pre-delete Job runs `python -m archaudit.placement release-gates` as the
+    operator's ServiceAccount. kwok completes Job pods without running their container, so the Job's
+    command runs here, with the chart's token; the uninstall below then goes through the hook."""
+    hooks = manifest_documents(release.helm("get", "hooks", RELEASE, "-n", RELEASE_NAMESPACE))
+    (job,) = [d for d in hooks if d["kind"] == "Job"]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    release.operator.stop()  # its gate controller would release the pod before the hook could
+    core = client.CoreV1Api(cluster.admin)
+    gated = pod("gated", plain_registry.samples["multiarch"].reference)
+    gated["spec"]["schedulingGates"] = [{"name": "archaudit.io/placement"}]
+    core.create_namespaced_pod(namespace, gated)
+    assert release.operator.service.env is not None
+    argv = [sys.executable, *container["command"][1:], *container["args"]]
+    argv += ["--kubeconfig", release.operator.service.env["KUBECONFIG"]]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "1 pod(s) released" in done.stdout, done.stdout
+    assert not core.read_namespaced_pod("gated", namespace).spec.scheduling_gates
+    admission = client.AdmissionregistrationV1Api(cluster.admin)
+    assert FULLNAME not in [w.metadata.name for w in admission.list_mutating_webhook_configuration().items]
 
 
 def test_uninstall_removes_the_webhook_and_keeps_the_crd(cluster: Cluster, release: Release) -> None:

@@ -49,6 +49,18 @@ def test_demo_up_reuses_and_down_cleans(tmp_path: Path) -> None:
             "amd64-only-on-arm64": f"{first.registry}/samples/amd64-docker:1.0",
             "arm64-only-unpinned": f"{first.registry}/samples/arm64-oci:1.0",
         }
+
+        # placement is on in the demo namespace: every arm64-only replica lands on an arm64 node
+        def unpinned_nodes() -> list[str] | None:
+            found = yaml.safe_load(
+                _sourced(env_file, f"kubectl -n {DEMO_NAMESPACE} get pods -l app=arm64-only-unpinned -o yaml")
+            )["items"]
+            nodes = [p["spec"].get("nodeName") for p in found]
+            return nodes if len(nodes) == 3 and all(nodes) else None
+
+        landed = wait_until(unpinned_nodes, timeout=60, what="arm64-only-unpinned's 3 pods scheduled")
+        assert landed == ["arm64-1"] * 3, landed
+
         registry_env = _sourced(env_file, "echo $ARCHAUDIT_REGISTRY").strip()
         assert registry_env == first.registry
 

@@ -328,7 +328,30 @@ def _apply_examples(state: DemoState) -> list[str]:
             raise RuntimeError(f"kubectl apply {template.name} failed: {done.stderr.strip()}")
         said = (done.stdout + done.stderr).strip().replace("\n", "\n    ")
         outcomes.append(f"  {template.name}:\n    {said}")
+        if template.name.startswith("00-"):
+            # The namespace's placement label must reach the apiserver's webhook selector and archaudit's
+            # namespace watch before the Deployments' pods are created.
+            wait_until(
+                lambda: _placement_live(state),
+                timeout=WEBHOOK_LIVE_SECONDS,
+                interval=0.5,
+                what=f"placement live in namespace {DEMO_NAMESPACE}",
+            )
     return outcomes
+
+
+def _placement_live(state: DemoState) -> bool:
+    """A server dry run of an arm64-only pod in the demo namespace comes back placed."""
+    probe = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "archaudit-placement-probe", "namespace": DEMO_NAMESPACE},
+        "spec": {"containers": [{"name": "main", "image": state.samples["arm64-oci"]}]},
+    }
+    done = _kubectl(
+        state, "create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(probe), check=False
+    )
+    return done.returncode == 0 and "archaudit.io/placement" in done.stdout
 
 
 def _write_env(state: DemoState) -> Path:

@@ -340,3 +340,68 @@ def wait_until_denied(
         return False
 
     wait_until(denied, timeout=timeout, interval=0.5, what=what, service=service)
+
+
+# --- placement: the MutatingWebhookConfiguration as the chart renders it in url mode ------------------
+
+
+def mutating_webhook_configuration(
+    url: str, *, release_namespace: str = NAMESPACE, default: str = "off", timeout: int = 4
+) -> dict[str, Any]:
+    """charts/archaudit/templates/placement-webhook.yaml in url mode (caBundle patched by the operator)."""
+    opt_in = (
+        {"key": "archaudit.io/placement", "operator": "NotIn", "values": ["off"]}
+        if default == "on"
+        else {"key": "archaudit.io/placement", "operator": "In", "values": ["on"]}
+    )
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOK_CONFIG},
+        "webhooks": [
+            {
+                "name": "placement.archaudit.io",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Ignore",
+                "reinvocationPolicy": "IfNeeded",
+                "timeoutSeconds": timeout,
+                "matchPolicy": "Equivalent",
+                "clientConfig": {"url": f"{url}/mutate/pods"},
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {
+                            "key": "kubernetes.io/metadata.name",
+                            "operator": "NotIn",
+                            "values": ["kube-system", "kube-node-lease", release_namespace],
+                        },
+                        {"key": "archaudit.io/ignore", "operator": "DoesNotExist"},
+                        opt_in,
+                    ]
+                },
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["pods"],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def wait_until_placed(
+    api: Any, namespace: str, pod: Mapping[str, Any], *, service: Service, what: str, timeout: float = 90.0
+) -> None:
+    """Repeat a server-side dry-run of `pod` until placement annotates it (the mutating webhook is live)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+
+    def placed() -> bool:
+        created = core.create_namespaced_pod(namespace, pod, dry_run="All")
+        return "archaudit.io/placement" in (created.metadata.annotations or {})
+
+    wait_until(placed, timeout=timeout, interval=0.5, what=what, service=service)

@@ -20,6 +20,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from archaudit.adapters import metrics
+from archaudit.adapters.placement_metrics import PlacementMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "charts/archaudit/files/prometheus-rules.yaml"
@@ -68,6 +69,8 @@ def exported_sample_names() -> set[str]:
     meters.observe_stale_review()
     meters.on_request("registry-1.docker.io", "GET", 200, 0.1)
     meters.on_ratelimit("registry-1.docker.io", 5)
+    # Placement's series live in the same registry (app.py registers them beside these).
+    PlacementMetrics(meters.registry, lambda: (1, 0.0)).observe("placed", "")
     text = generate_latest(meters.registry).decode()
     return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
 

@@ -163,6 +163,7 @@ def test_template_renders_named_namespaced_objects(values: Path) -> None:
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
         "ClusterKopfPeering",
     }
     assert docs
@@ -716,6 +717,11 @@ def test_rbac_is_least_privilege() -> None:
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
         ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "get"),
         ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch"),
+        # placement: its webhook's caBundle, and ungating pods
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "delete"),  # pre-delete hook
+        ("", "pods", "patch"),
     }
     webhook_rule = next(r for r in main["rules"] if "validatingwebhookconfigurations" in r["resources"])
     assert webhook_rule["resourceNames"] == [one(docs, "ValidatingWebhookConfiguration")["metadata"]["name"]]
@@ -902,3 +908,82 @@ def test_every_value_is_documented() -> None:
 
     undocumented = [k for k in keys(values) if f"`{k}`" not in doc]
     assert not undocumented, f"docs/chart.md lacks {undocumented}"
+
+
+# --- placement: the mutating webhook ------------------------------------------------------------------
+
+
+def test_placement_webhook_is_pod_create_only_fail_open_reinvoked_and_opt_in() -> None:
+    docs = render(values={"webhook.exemptNamespaces": "{monitoring}"}, namespace="ops")
+    config = one(docs, "MutatingWebhookConfiguration")
+    assert config["metadata"]["name"] == one(docs, "ValidatingWebhookConfiguration")["metadata"]["name"]
+    (hook,) = config["webhooks"]
+    assert hook["name"] == "placement.archaudit.io"
+    assert (hook["failurePolicy"], hook["reinvocationPolicy"], hook["sideEffects"]) == (
+        "Ignore",
+        "IfNeeded",
+        "None",
+    )
+    assert hook["timeoutSeconds"] < 5
+    assert hook["rules"] == [
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    assert hook["clientConfig"]["service"]["path"] == "/mutate/pods"
+    expressions = hook["namespaceSelector"]["matchExpressions"]
+    # The validating webhooks' exclusions, then the opt-in: default off calls only labelled namespaces.
+    validating = webhooks(docs)["pods.archaudit.io"]["namespaceSelector"]["matchExpressions"]
+    assert expressions[: len(validating)] == validating
+    assert expressions[len(validating) :] == [
+        {"key": "archaudit.io/placement", "operator": "In", "values": ["on"]}
+    ]
+    assert env_of(docs)["ARCHAUDIT_PLACEMENT_DEFAULT"] == "off"
+    on = one(render(values={"placement.default": "on"}), "MutatingWebhookConfiguration")["webhooks"][0]
+    assert on["namespaceSelector"]["matchExpressions"][-1] == {
+        "key": "archaudit.io/placement",
+        "operator": "NotIn",
+        "values": ["off"],
+    }
+
+
+def test_placement_settings_reach_the_operator_and_can_be_turned_off() -> None:
+    values = {
+        "placement.preferArchitecture": "arm64",
+        "placement.budgetSeconds": 1.5,
+        "placement.gateTimeoutSeconds": 20,
+    }
+    settings = config.from_env(env_of(render(values=values)))
+    assert settings.placement.prefer_architecture == "arm64"
+    assert settings.placement.budget_seconds == 1.5
+    assert settings.placement.gate_timeout_seconds == 20.0
+    assert config.from_env(env_of(render())).placement == config.PlacementSettings()
+    docs = render(values={"placement.enabled": "false"})
+    assert not of_kind(docs, "MutatingWebhookConfiguration")
+    assert ("", "pods", "patch") not in grants(one(docs, "ClusterRole", RELEASE)["rules"])
+    fails_with(render_result(values={"placement.timeoutSeconds": 5}), "/placement/timeoutSeconds")
+    fails_with(render_result(values={"placement.default": "yes"}), "/placement/default")
+
+
+def test_uninstall_releases_gated_pods_in_a_pre_delete_hook_as_the_operator() -> None:
+    docs = render()
+    job = one(docs, "Job", f"{RELEASE}-release-gates")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    (main,) = pod_spec["containers"]
+    assert main["command"] == ["python", "-m", "archaudit.placement", "release-gates"]
+    assert main["args"] == ["--configuration", one(docs, "MutatingWebhookConfiguration")["metadata"]["name"]]
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    rule = next(
+        r
+        for r in one(docs, "ClusterRole", RELEASE)["rules"]
+        if "mutatingwebhookconfigurations" in r["resources"]
+    )
+    assert rule["resourceNames"] == [RELEASE]
+    assert not of_kind(render(values={"placement.uninstallHook": False}), "Job")
+    assert not of_kind(render(values={"placement.enabled": False}), "Job")

@@ -408,6 +408,7 @@ EXPECTED_CORE = {
     "mirrors",
     "auth",
     "config",
+    "placement",
     "correlator",
     "warnings",
 }

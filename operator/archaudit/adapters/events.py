@@ -40,13 +40,23 @@ from archaudit.core import reports
 from archaudit.core.correlator import Correlator, EventKey, Involved, Observed
 from archaudit.core.warnings import clip
 
-__all__ = ["AUDITOR", "REASON", "RESULTS", "WEBHOOK", "EventEmitter", "Involved", "immediate_subject"]
+__all__ = [
+    "AUDITOR",
+    "PLACEMENT",
+    "REASON",
+    "RESULTS",
+    "WEBHOOK",
+    "EventEmitter",
+    "Involved",
+    "immediate_subject",
+]
 
 log = logging.getLogger(__name__)
 
 REASON = reports.EVENT_REASON  # "ImageArchMismatch": the one reason, named in core
 WEBHOOK = "archaudit.io/webhook"
 AUDITOR = "archaudit.io/auditor"
+PLACEMENT = "archaudit.io/placement"
 RESULTS = ("emitted", "aggregated", "dropped", "failed")
 _MESSAGE_RUNES = 1024  # what `kubectl describe` shows in full; the ImageAudit has the rest
 _SOURCE = {WEBHOOK: "archaudit-webhook", AUDITOR: "archaudit-auditor"}
@@ -90,6 +100,7 @@ class _Waiting:
     messages: tuple[str, ...]
     component: str
     count: int = 1
+    reason: str = REASON
 
 
 def _now_text(now: dt.datetime) -> str:
@@ -132,21 +143,27 @@ class EventEmitter:
     # --- the hot path: synchronous, no I/O, never raises ------------------------------------------
 
     def about_object(
-        self, obj: Mapping[str, Any], messages: Sequence[str], *, component: str = WEBHOOK
+        self,
+        obj: Mapping[str, Any],
+        messages: Sequence[str],
+        *,
+        component: str = WEBHOOK,
+        reason: str = REASON,
     ) -> None:
-        """An admitted object has these warnings: one occurrence of its problem."""
+        """An admitted object has these warnings (or, with `reason`, another Warning of archaudit's
+        about it): one occurrence of its problem."""
         try:
             subject = immediate_subject(obj)
             if subject is None:
                 self.stats["dropped"] += 1
                 return
             texts = messages if isinstance(messages, tuple) else tuple(messages)
-            token = (component, subject, texts)
+            token = (component, subject, texts, reason)
             waiting = self._waiting.get(token)
             if waiting is not None:  # the common case of a burst: one dict lookup, one addition
                 waiting.count += 1
                 return
-            self._add(token, _Waiting(None, subject, obj, texts, component))
+            self._add(token, _Waiting(None, subject, obj, texts, component, reason=reason))
         except Exception:  # a bug here must not reach the review
             log.exception("event emitter: could not queue an occurrence")
 
@@ -181,15 +198,19 @@ class EventEmitter:
         while not stop.is_set():
             if not self._waiting:
                 await _first_of(stop, self._arrived, within=self.correlator.next_due(self._clock()))
-            batch, self._waiting = self._waiting, {}
-            self._arrived.clear()
-            for item in batch.values():
-                await self._guarded(self._handle(item))
-            await self._guarded(self._flush())
+            await self.drain()
             # Repeats of the problems just handled gather in `_waiting` meanwhile (a count on one
             # entry): the worker's cost is per problem and pause, not per review.
             await _first_of(stop, within=self.linger)
         await self._guarded(self._flush(final=True))
+
+    async def drain(self) -> None:
+        """One round of the worker: write what is queued now, and the counts that are due."""
+        batch, self._waiting = self._waiting, {}
+        self._arrived.clear()
+        for item in batch.values():
+            await self._guarded(self._handle(item))
+        await self._guarded(self._flush())
 
     async def _guarded(self, work: Awaitable[None]) -> None:
         try:
@@ -200,7 +221,7 @@ class EventEmitter:
     async def _handle(self, item: _Waiting) -> None:
         involved = item.involved or await self._involved(item)
         message = clip("; ".join(item.messages), _MESSAGE_RUNES)
-        key = EventKey(involved, REASON, message, item.component)
+        key = EventKey(involved, item.reason, message, item.component)
         observed = self.correlator.observe(key, self._clock(), item.count)
         if observed is Observed.DROPPED:
             self.stats["dropped"] += item.count

@@ -60,7 +60,7 @@ class KubeApi:
         path: str,
         *,
         query: Mapping[str, str] | None = None,
-        body: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | Sequence[Any] | None = None,
         content_type: str = "application/json",
     ) -> Any:
         """Blocking: one request, its JSON answer; ApiException for any status but 2xx."""
@@ -72,7 +72,8 @@ class KubeApi:
             path,
             query_params=list((query or {}).items()),
             header_params=headers,
-            body=dict(body) if body is not None else None,
+            # a JSONPatch body is a list of operations
+            body=None if body is None else dict(body) if isinstance(body, Mapping) else list(body),
             auth_settings=["BearerToken"],
         )
         response = self.client.call_api(
@@ -120,12 +121,12 @@ class KubeApi:
         result: dict[str, Any] = await self.request("PUT", path, body=body)
         return result
 
-    async def read_webhook_configuration(self, name: str) -> dict[str, Any] | None:
-        return await self._get_or_none(f"{_WEBHOOKS}/{_quote(name)}")
+    async def read_webhook_configuration(self, name: str, *, mutating: bool = False) -> dict[str, Any] | None:
+        return await self._get_or_none(f"{_MUTATING if mutating else _WEBHOOKS}/{_quote(name)}")
 
-    async def patch_webhook_ca_bundle(self, name: str, ca_bundle_b64: str) -> bool:
+    async def patch_webhook_ca_bundle(self, name: str, ca_bundle_b64: str, *, mutating: bool = False) -> bool:
         """Set caBundle on every webhook of the configuration; False when it does not exist (yet)."""
-        current = await self.read_webhook_configuration(name)
+        current = await self.read_webhook_configuration(name, mutating=mutating)
         if current is None:
             return False
         hooks = current.get("webhooks") or []
@@ -140,14 +141,49 @@ class KubeApi:
         # A strategic-merge patch keyed by webhook name keeps every other field as the chart set it.
         await self.request(
             "PATCH",
-            f"{_WEBHOOKS}/{_quote(name)}",
+            f"{_MUTATING if mutating else _WEBHOOKS}/{_quote(name)}",
             body=patch,
             content_type="application/strategic-merge-patch+json",
         )
         return True
 
+    async def list_pods(self, *, page: int = 500) -> list[dict[str, Any]]:
+        """Every pod of the cluster, in pages (the pre-delete hook looks for gated pods)."""
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            query = {"limit": str(page), **({"continue": token} if token else {})}
+            answer = await self.request("GET", "/api/v1/pods", query=query)
+            items.extend(answer.get("items") or [])
+            token = (answer.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items
+
+    async def delete_webhook_configuration(self, name: str, *, mutating: bool = False) -> bool:
+        """Delete a webhook configuration; False when it was not there."""
+        try:
+            await self.request("DELETE", f"{_MUTATING if mutating else _WEBHOOKS}/{_quote(name)}")
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._get_or_none(f"{_core(namespace)}/pods/{_quote(name)}")
+
+    async def patch_pod_json(self, namespace: str, name: str, ops: Sequence[Mapping[str, Any]]) -> None:
+        """A JSONPatch on a pod (placement: expressions added and scheduling gate removed at once)."""
+        await self.request(
+            "PATCH",
+            f"{_core(namespace)}/pods/{_quote(name)}",
+            body=list(ops),
+            content_type="application/json-patch+json",
+        )
+
 
 _WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+_MUTATING = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 
 def _quote(segment: str) -> str:

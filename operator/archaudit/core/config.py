@@ -18,6 +18,7 @@ __all__ = [
     "ClusterSettings",
     "LogSettings",
     "MetricsSettings",
+    "PlacementSettings",
     "RegistrySettings",
     "Settings",
     "WebhookSettings",
@@ -120,6 +121,23 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class PlacementSettings:
+    """The mutating webhook `/mutate/pods` and its gate controller (placement.py).
+    Env: ARCHAUDIT_PLACEMENT_<FIELD>."""
+
+    # "on" | "off" for namespaces without the archaudit.io/placement label: off, so that installing
+    # archaudit changes no scheduling until a namespace (or this default) asks for it.
+    default: str = "off"
+    prefer_architecture: str = ""  # e.g. "arm64": a weighted preferred term, never a hard pin
+    prefer_weight: int = 50  # 1..100, the preferred term's weight
+    # How long a mutating review waits for a registry; an image not resolved by then gets the
+    # scheduling gate and is resolved in the background. Below the configuration's timeoutSeconds.
+    budget_seconds: float = 2.0
+    # A gated pod is let go (gate removed, Warning Event) after this long, resolved or not.
+    gate_timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     """/metrics, /healthz and /readyz over plain HTTP on their own port. Env: ARCHAUDIT_METRICS_<FIELD>."""
 
@@ -140,6 +158,7 @@ class Settings:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    placement: PlacementSettings = field(default_factory=PlacementSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 

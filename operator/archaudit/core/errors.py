@@ -6,7 +6,9 @@
     ├── CredentialsError (ValueError)   a docker config, pull secret or registries.yaml `auth` we cannot
     │                                   read (also importable from archaudit.core.credentials)
     ├── ResolutionError                 an image could not be resolved to its platforms;
-    │                                   `.reason` says why in one word users can alert on
+    │   │                               `.reason` says why in one word users can alert on
+    │   └── DeadlineExpiredError        the caller's deadline passed while the registry was still
+    │                                   being asked (the answer may yet come: placement waits for it)
     └── UsageError                      bad input on the command line or in a file it names
                                         (the CLI prints it on one line and exits 2)
 
@@ -24,6 +26,7 @@ import enum
 __all__ = [
     "ArchauditError",
     "CredentialsError",
+    "DeadlineExpiredError",
     "InvalidReference",
     "ManifestError",
     "Reason",
@@ -76,3 +79,8 @@ class ResolutionError(ArchauditError):
 
     def __str__(self) -> str:
         return f"{self.reason.value}: {self.message}"
+
+
+class DeadlineExpiredError(ResolutionError):
+    """The caller's deadline passed while the registry was still being asked: the answer may yet come
+    (placement gates the pod and waits for it), unlike a failure the registry gave or the cache holds."""
