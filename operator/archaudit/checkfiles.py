@@ -255,7 +255,7 @@ def _plan(
     return out
 
 
-def _judge(
+def _decide_each(
     planned: Sequence[_Planned],
     resolved: Mapping[str, Any],
     nodes: Sequence[Node],
@@ -269,11 +269,11 @@ def _judge(
             continue
         assert mode is not None
         images = [(name, image, resolved[image]) for _section, name, image in plan.entries]
-        # Exactly the webhook's _decide: candidates from the scheduling view, then policy.decide.
-        candidates = scheduling.candidates(target.scheduling_spec, nodes)
-        decision = policy.decide(
+        # The webhook's own function: candidates from the scheduling view, then the decision.
+        decision, candidates = policy.decide_for_spec(
+            target.scheduling_spec,
             images,
-            candidates,
+            nodes,
             mode=mode,
             is_pod=target.is_pod,
             deny_unresolved=settings.deny_unresolved,
@@ -352,7 +352,7 @@ async def check_files(
         resolved = await resolve_images(ctx, "", {}, images, _deadline(registry_settings))
     finally:
         await resolver.aclose()
-    results = _judge(planned, resolved, nodes, settings.webhook)
+    results = _decide_each(planned, resolved, nodes, settings.webhook)
     for error in inputs.errors:
         print(f"archaudit: error: {error}", file=sys.stderr)
     code = _exit_code(results, set(args.fail_on), errors=bool(inputs.errors))

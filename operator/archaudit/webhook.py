@@ -213,9 +213,13 @@ def _decide(
     )
     decision = _memo.get(key)
     if decision is None:
-        candidates = scheduling.candidates(scheduling_spec, ctx.schedulable_universe())
-        decision = policy.decide(
-            images, candidates, mode=mode, is_pod=is_pod, deny_unresolved=deny_unresolved
+        decision, _candidates = policy.decide_for_spec(
+            scheduling_spec,
+            images,
+            ctx.schedulable_universe(),
+            mode=mode,
+            is_pod=is_pod,
+            deny_unresolved=deny_unresolved,
         )
         _memo.put(key, decision, (ctx.nodes, *(result for _n, _i, result in images)))
     return decision

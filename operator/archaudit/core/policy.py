@@ -13,11 +13,13 @@ import enum
 import fnmatch
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from archaudit.core.engine import ImageCheck, ImageResult, Judgement, Verdict, judge
 from archaudit.core.errors import InvalidReference
 from archaudit.core.reference import parse as parse_reference
 from archaudit.core.scheduling import Node
+from archaudit.core.scheduling import candidates as candidates_of
 
 # The engine's names, for callers that read a Decision (one definition of each, in the engine).
 Evaluation = Judgement
@@ -31,6 +33,7 @@ __all__ = [
     "Mode",
     "Verdict",
     "decide",
+    "decide_for_spec",
     "evaluate",
 ]
 
@@ -80,6 +83,24 @@ def decide(
     elif mode is Mode.ENFORCE and not is_pod and ev.verdict is Verdict.INCOMPATIBLE:
         warnings = (*warnings, "its pods will be denied: archaudit enforces in this namespace")
     return Decision(ev.verdict, not denied, message, warnings, ev.images, ev.usable_nodes, ev.fix)
+
+
+def decide_for_spec(
+    scheduling_spec: Mapping[str, Any],
+    images: Sequence[ImageResult],
+    nodes: Sequence[Node],
+    *,
+    mode: Mode,
+    is_pod: bool,
+    deny_unresolved: bool = False,
+) -> tuple[Decision, tuple[Node, ...]]:
+    """The admission answer for a pod spec (or template) among `nodes`, and the nodes it may use.
+
+    What the webhook answers and what `archaudit check -f` prints: one function, so they cannot differ.
+    """
+    candidates = tuple(candidates_of(scheduling_spec, nodes))
+    decision = decide(images, candidates, mode=mode, is_pod=is_pod, deny_unresolved=deny_unresolved)
+    return decision, candidates
 
 
 def _deniable(ev: Judgement, *, deny_unresolved: bool) -> bool:
