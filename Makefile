@@ -44,7 +44,7 @@ faults: venv deps bins  ## fault matrix under load (tests/faults), the long case
 	ARCHAUDIT_FAULTS_LONG=1 $(PY) -m pytest tests/faults -s $(PYTEST_ARGS)
 
 test: deps venv bins lint  ## everything CI runs: lint + unit + integration + e2e + the short fault cases
-	$(PY) -m pytest tests/unit tests/integration tests/e2e tests/faults $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/integration tests/e2e tests/faults --durations=15 $(PYTEST_ARGS)
 
 bench: venv deps bins  ## benchmarks; figures go to BENCHMARKS.md
 	$(PY) -m pytest tests/bench -s -p no:randomly $(PYTEST_ARGS)

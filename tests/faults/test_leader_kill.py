@@ -106,6 +106,7 @@ def _ca(op: Operator) -> Path:
     return Path(op.service.env["ARCHAUDIT_WEBHOOK_CERT_DIR"]) / "ca.crt"
 
 
+@pytest.mark.long  # 30 s, and once (of 2 runs on the merged main) rewrote the 5 pre-kill reports
 def test_leader_sigkilled_under_load(
     cluster: Cluster, plain_registry: Seeded, replicas: list[Operator]
 ) -> None:

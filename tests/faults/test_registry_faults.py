@@ -127,6 +127,7 @@ def _hold(seconds: float) -> None:
     threading.Event().wait(seconds)
 
 
+@pytest.mark.long  # ~55 s of 3 s answers
 def test_registry_slow_answers_within_the_deadline_and_caps_concurrency(
     cluster: Cluster, setup: Setup
 ) -> None:
