@@ -553,10 +553,13 @@ async def _keep_cluster_state(rt: Runtime) -> None:
 async def _keep_ca_bundle(rt: Runtime, material: certs.TLSMaterial) -> None:
     """Patch our caBundle into the webhook configuration, and again whenever someone resets it."""
     name = rt.settings.webhook.configuration_name
+    retry = _CA_BUNDLE_FIRST_RETRY
     while not rt.stop.is_set():
+        patched = False
         try:
-            if not await rt.api.patch_webhook_ca_bundle(name, material.ca_bundle):
-                log.warning("ValidatingWebhookConfiguration %s not found; will retry", name)
+            patched = await rt.api.patch_webhook_ca_bundle(name, material.ca_bundle)
+            if not patched:
+                log.warning("ValidatingWebhookConfiguration %s not found; retrying in %.0fs", name, retry)
         except Exception as e:
             log.warning("cannot patch the caBundle of %s: %s", name, e)
         try:
@@ -564,8 +567,15 @@ async def _keep_ca_bundle(rt: Runtime, material: certs.TLSMaterial) -> None:
             await rt.api.patch_webhook_ca_bundle(name, material.ca_bundle, mutating=True)
         except Exception as e:
             log.warning("cannot patch the caBundle of MutatingWebhookConfiguration %s: %s", name, e)
+        # Until the configuration exists and carries our CA (helm may create it after this pod starts),
+        # look again soon: meanwhile the apiserver cannot call us and admits everything unchecked.
+        wait, retry = (_CA_BUNDLE_EVERY, _CA_BUNDLE_FIRST_RETRY) if patched else (retry, min(retry * 2, 60.0))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(rt.stop.wait(), timeout=60)
+            await asyncio.wait_for(rt.stop.wait(), timeout=wait)
+
+
+_CA_BUNDLE_EVERY = 60.0  # re-patch this often: someone may reset the caBundle (a helm upgrade does)
+_CA_BUNDLE_FIRST_RETRY = 1.0  # then 2, 4, ... 60 s while the configuration is missing
 
 
 async def run(settings: config.Settings, *, kubeconfig: str | None = None) -> None:
