@@ -28,10 +28,11 @@ RUN if [ "$TARGETARCH" = "arm" ]; then \
       && rm -rf /var/lib/apt/lists/*; \
     fi
 WORKDIR /src
-# Dependencies first: this layer is reused until constraints.txt or pyproject.toml change.
+# Dependencies first: this layer is reused until constraints.txt or pyproject.toml change. The `aws`
+# extra (botocore, for ECR credentials) is in the image; it is imported only when an ECR image is met.
 COPY pyproject.toml constraints.txt README.md ./
 RUN python -m venv --without-pip /opt/archaudit \
-    && python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+    && python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["aws"]))' \
        > /tmp/requirements.txt
 RUN pip --python /opt/archaudit/bin/python install -c constraints.txt -r /tmp/requirements.txt
 COPY operator ./operator

@@ -62,17 +62,17 @@ def _client(kubeconfig: str | None, context: str | None) -> tuple[kubernetes.cli
     first = path.split(os.pathsep)[0]
     if kubeconfig or context or os.path.exists(first):
         try:
-            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call,unused-ignore]
                 config_file=first, context=context, client_configuration=configuration
             )
-            _contexts, active = kubernetes.config.list_kube_config_contexts(config_file=first)  # type: ignore[no-untyped-call]
+            _contexts, active = kubernetes.config.list_kube_config_contexts(config_file=first)  # type: ignore[no-untyped-call,unused-ignore]
             chosen = next((c for c in _contexts if c["name"] == context), active) if context else active
             namespace = str(((chosen or {}).get("context") or {}).get("namespace") or "default")
         except (kubernetes.config.ConfigException, OSError) as e:
             raise ReadinessError(f"cannot load kubeconfig {first}: {e}") from None
         return kubernetes.client.ApiClient(configuration), namespace
     try:
-        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call,unused-ignore]
     except kubernetes.config.ConfigException:
         raise ReadinessError(
             "no kubeconfig (KUBECONFIG, --kubeconfig, ~/.kube/config) and not in a pod"

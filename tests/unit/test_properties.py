@@ -405,6 +405,7 @@ EXPECTED_CORE = {
     "workloads",
     "reports",
     "credentials",
+    "cloud",
     "mirrors",
     "auth",
     "config",

@@ -35,9 +35,9 @@ def load_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or the flag)."""
     configuration = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call,unused-ignore]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call,unused-ignore]
             config_file=kubeconfig, client_configuration=configuration
         )
     return kubernetes.client.ApiClient(configuration)
@@ -79,7 +79,7 @@ class KubeApi:
         response = self.client.call_api(
             method, url, header_params=headers, body=payload, _request_timeout=_TIMEOUT
         )
-        data: bytes = response.read() or b""  # type: ignore[no-untyped-call]
+        data: bytes = response.read() or b""  # type: ignore[no-untyped-call,unused-ignore]
         if not 200 <= response.status <= 299:
             text = data.decode("utf-8", "replace")
             raise ApiException.from_response(http_resp=response, body=text, data=None)

@@ -8,6 +8,7 @@
     workloads    where the pod spec sits in each workload kind
     reports      the ImageAudit status: tallies, runtime evidence, bounds
     credentials  pull credentials matched to images as the kubelet matches them
+    cloud        which registries ECR / Artifact Registry / ACR identity serves; token lifetimes
     mirrors      k3s registries.yaml: endpoints, rewrites, TLS and auth per registry
     auth         WWW-Authenticate challenges and bearer token flows
     config       settings, from flags, environment and the chart's values

@@ -48,6 +48,20 @@ class RegistrySettings:
     refuse_private: bool = False  # refuse registries on private ranges (10/8, 192.168/16, fc00::/7, ...)
     registries_file: str = ""  # path of a k3s registries.yaml (mirrors, rewrites, per-host auth and TLS)
     insecure: tuple[str, ...] = ()  # registries (host or host:port) reached over plain HTTP
+    # -- cloud identity (adapters/cloud): after the pull secrets, as the kubelet's credential providers.
+    # Which sources may log in to their own registries: aws (ECR), gcp (Artifact Registry, GCR),
+    # azure (ACR). Empty: none.
+    cloud_credentials: tuple[str, ...] = ("aws", "gcp", "azure")
+    # Where the GKE metadata server hands out the workload identity's access token.
+    gcp_metadata_url: str = (
+        "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token"
+    )
+    # ACR's token exchange; {registry} is the ACR host of the image (*.azurecr.io, .cn, .us).
+    azure_exchange_url: str = "https://{registry}/oauth2/exchange"
+    # One token request (metadata server, AAD, ACR exchange, STS + ECR), below the webhook's deadline.
+    cloud_timeout_seconds: float = 3.0
+    # A failed token request is not repeated for this long (a cluster without that cloud's identity).
+    cloud_failure_ttl_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
