@@ -28,10 +28,12 @@ import kopf
 from archaudit import __version__, placement, webhook
 from archaudit.adapters import certs, events, kube, metrics
 from archaudit.adapters.auditstore import AuditStore
+from archaudit.adapters.cloud import CloudCredentials
 from archaudit.adapters.placement_metrics import PlacementMetrics
 from archaudit.adapters.resolver import Resolver
 from archaudit.context import Context, NodeMap
 from archaudit.core import config
+from archaudit.core.cloud import parse_providers as cloud_providers
 from archaudit.core.credentials import Keyring, keyring_from_docker_config
 
 __all__ = ["build_parser", "main", "resync_cluster_state", "settings_from_args"]
@@ -366,10 +368,12 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
         if ctx.events is not None:
             rt.tasks.append(asyncio.create_task(ctx.events.run(rt.stop), name="events"))
         log.info(
-            "archaudit %s started: %d nodes, mode %s, event loop %s",
+            "archaudit %s started: %d nodes, mode %s, cloud credentials %s, event loop %s",
             __version__,
             len(ctx.nodes),
             rt.settings.webhook.default_mode,
+            (",".join(sorted(ctx.cloud.providers)) if isinstance(ctx.cloud, CloudCredentials) else "")
+            or "off",
             type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
@@ -598,6 +602,7 @@ async def run(settings: config.Settings, *, kubeconfig: str | None = None) -> No
     )
     state.nodes_from = lambda: collections.Counter(str(n.platform) for n in nodes.all())
     credentials = kube.PullSecretCredentials(api, extra=_cluster_keyring(settings))
+    cloud = CloudCredentials.from_settings(settings.registry)
     stop = asyncio.Event()
     elector = kube.LeaseElector(
         api,
@@ -613,6 +618,7 @@ async def run(settings: config.Settings, *, kubeconfig: str | None = None) -> No
         resolver=resolver,
         nodes=nodes,
         credentials=credentials,
+        cloud=cloud,
         metrics=state,
         is_leader=elector.is_leader,
         api=api,
@@ -630,12 +636,14 @@ async def run(settings: config.Settings, *, kubeconfig: str | None = None) -> No
         stop.set()
         await runner.cleanup()
         await resolver.aclose()
+        await cloud.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
+        cloud_providers(settings.registry.cloud_credentials)
     except ValueError as e:
         print(f"archaudit run: {e}", file=sys.stderr)
         return 2

@@ -782,10 +782,13 @@ def _api_of(ctx: Context) -> KubeApi:
 def _credentials_for(
     ctx: Context, namespace: str, spec: Mapping[str, Any]
 ) -> Callable[[ImageReference], Awaitable[Sequence[Credential]]]:
-    """The pod's pull credentials, looked up when the tag finder gets to the image (not when asked)."""
+    """The pod's pull credentials, then its cloud identity's, looked up when the tag finder gets to the
+    image (not when asked)."""
 
     async def credentials(ref: ImageReference) -> Sequence[Credential]:
-        return await ctx.credentials.for_pod(namespace, spec, ref)
+        found = await ctx.credentials.for_pod(namespace, spec, ref)
+        cloud = getattr(ctx, "cloud", None)  # test contexts may be plain objects without it
+        return found if cloud is None else (await cloud.for_image(ref)).after(found)
 
     return credentials
 

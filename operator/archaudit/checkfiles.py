@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from archaudit import __version__
+from archaudit.adapters.cloud import CloudCredentials
 from archaudit.adapters.resolver import Resolver
 from archaudit.core import config, policy, scheduling
 from archaudit.core.credentials import Credential, Keyring
@@ -341,17 +342,21 @@ async def check_files(
     resolver = Resolver.from_settings(
         registry_settings, registries=registries, insecure=args.insecure_registry
     )
+    # The operator's chain: the docker config's credentials, then the user's cloud identity.
+    cloud = CloudCredentials.from_settings(registry_settings)
     try:
         ctx = Context(
             settings=settings,
             resolver=resolver,
             nodes=NodeMap(),
             credentials=_Keyring(keyring),
+            cloud=cloud,
             metrics=MutableState(),
         )
         resolved = await resolve_images(ctx, "", {}, images, _deadline(registry_settings))
     finally:
         await resolver.aclose()
+        await cloud.aclose()
     results = _decide_each(planned, resolved, nodes, settings.webhook)
     for error in inputs.errors:
         print(f"archaudit: error: {error}", file=sys.stderr)

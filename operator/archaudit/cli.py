@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from archaudit import __version__, checkfiles
+from archaudit.adapters.cloud import NONE as NO_CLOUD
+from archaudit.adapters.cloud import CloudCredentials
 from archaudit.adapters.registry.files import registries_from_file
 from archaudit.adapters.resolver import Resolver
 from archaudit.core import config
 from archaudit.core.credentials import Credential, Keyring, keyring_from_docker_config
-from archaudit.core.errors import ArchauditError, InvalidReference, UsageError
+from archaudit.core.errors import ArchauditError, InvalidReference, ResolutionError, UsageError
 from archaudit.core.manifests import ImagePlatforms
 from archaudit.core.mirrors import EMPTY, RegistriesConfig
 from archaudit.core.platforms import RUNTIMES, Fit, Platform
@@ -247,10 +249,18 @@ async def check(args: argparse.Namespace, settings: config.Settings) -> tuple[in
         registries=_registries(args.registries, registry_settings),
         insecure=args.insecure_registry,
     )
+    # The operator's chain with the user's own cloud identity (AWS profile or keys, GCP metadata on
+    # a CI runner, Azure workload identity): after the docker config's credentials.
+    cloud = CloudCredentials.from_settings(registry_settings)
+    answer = NO_CLOUD
     try:
-        resolution = await resolver.resolve(ref, credentials)
+        answer = await cloud.for_image(ref)
+        resolution = await resolver.resolve(ref, answer.after(credentials))
+    except ResolutionError as e:
+        raise answer.explain(e) from None
     finally:
         await resolver.aclose()
+        await cloud.aclose()
     runtime = args.runtime or "containerd"
     doc = report(resolution.image, ref, list(zip(args.platform, nodes, strict=True)), runtime)
     code = EXIT_OK if all(c["runnable"] for c in doc["checks"]) else EXIT_NOT_RUNNABLE

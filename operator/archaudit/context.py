@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from archaudit.adapters.cloud import CloudAnswer
 from archaudit.adapters.events import EventEmitter
 from archaudit.adapters.kube import KubeApi
 from archaudit.adapters.metrics import MutableState
@@ -23,7 +24,7 @@ from archaudit.core.credentials import Credential
 from archaudit.core.reference import ImageReference
 from archaudit.core.scheduling import Node, node_from_object, virtual_nodes
 
-__all__ = ["Context", "CredentialSource", "ImageResolver", "NodeMap", "StateFreshness"]
+__all__ = ["CloudSource", "Context", "CredentialSource", "ImageResolver", "NodeMap", "StateFreshness"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,15 @@ class CredentialSource(Protocol):
         self, namespace: str, pod_spec: Mapping[str, Any], image: ImageReference
     ) -> Sequence[Credential] | None:
         """`for_pod` if it is known without I/O, else None."""
+
+
+class CloudSource(Protocol):
+    """The cloud identity step, after the pull secrets (adapters.cloud.CloudCredentials)."""
+
+    async def for_image(self, ref: ImageReference) -> CloudAnswer: ...
+
+    def peek(self, ref: ImageReference) -> CloudAnswer | None:
+        """`for_image` if it is known without I/O, else None."""
 
 
 class ImageResolver(Protocol):
@@ -157,6 +167,8 @@ class Context:
     credentials: CredentialSource
     metrics: MutableState
     is_leader: Callable[[], bool] = lambda: True
+    # The pod's cloud identity for ECR / Artifact Registry / ACR images, tried after the pull secrets.
+    cloud: CloudSource | None = None
     api: KubeApi | None = None  # shared, so the auditor does not build a second client
     events: EventEmitter | None = None  # the one writer of Events (webhook and auditor)
     extra_nodes: list[Node] = field(default_factory=list)

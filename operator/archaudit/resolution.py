@@ -1,10 +1,12 @@
 """One path from a pod's image texts to their platforms, for the webhook and the auditor alike.
 
-Both ask the same question with the same credentials (the pod's imagePullSecrets, then its service
-account's) and the same caches; they differ only in how long they may wait. Cached answers are taken
-without a task, so a warm admission review never leaves the caller's frame; what is not cached is
-resolved concurrently (a 5-image pod costs one round trip, not five) within the deadline. Every
-failure becomes a `ResolutionError` with its reason: nothing here raises into a review or an audit.
+Both ask the same question with the same credentials, in the kubelet's order (the pod's
+imagePullSecrets, then its service account's, then the cloud identity for the cloud's own registries,
+anonymous only when there is none) and the same caches; they differ only in how long they may
+wait. Cached answers are taken without a task, so a warm admission review never leaves the caller's
+frame; what is not cached is resolved concurrently (a 5-image pod costs one round trip, not five)
+within the deadline. Every failure becomes a `ResolutionError` with its reason: nothing here raises
+into a review or an audit.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from archaudit.adapters.cloud import NONE as NO_CLOUD
 from archaudit.context import Context
 from archaudit.core.errors import DeadlineExpiredError, InvalidReference, Reason, ResolutionError
 from archaudit.core.manifests import ImagePlatforms
@@ -31,11 +34,14 @@ Resolved = ImagePlatforms | ResolutionError
 async def _resolve_one(
     ctx: Context, namespace: str, spec: Mapping[str, Any], ref: ImageReference
 ) -> ImagePlatforms | ResolutionError:
+    cloud = NO_CLOUD
     try:
         creds = await ctx.credentials.for_pod(namespace, spec, ref)
-        resolution = await ctx.resolver.resolve(ref, creds)
+        if ctx.cloud is not None:
+            cloud = await ctx.cloud.for_image(ref)
+        resolution = await ctx.resolver.resolve(ref, cloud.after(creds))
     except ResolutionError as e:
-        return e
+        return cloud.explain(e)
     result: ImagePlatforms = resolution.image
     return result
 
@@ -47,10 +53,13 @@ def _cached(
     creds = ctx.credentials.peek_for_pod(namespace, spec, ref)
     if creds is None:
         return None
+    cloud = NO_CLOUD if ctx.cloud is None else ctx.cloud.peek(ref)
+    if cloud is None:
+        return None
     try:
-        hit = ctx.resolver.peek(ref, creds)
+        hit = ctx.resolver.peek(ref, cloud.after(creds))
     except ResolutionError as e:
-        return e
+        return cloud.explain(e)
     return None if hit is None else hit.image
 
 

@@ -16,6 +16,7 @@ import time
 import urllib.parse
 
 import aiohttp
+import aiohttp.abc
 
 from archaudit.adapters.registry.safety import GuardedResolver, HostGuard
 from archaudit.adapters.registry.transport import (
@@ -43,8 +44,12 @@ class AiohttpTransport:
         connect_timeout_seconds: float = 3.0,
         concurrency_per_host: int = 8,
         observer: Observer | None = None,
+        resolver: aiohttp.abc.AbstractResolver | None = None,
     ) -> None:
+        """`resolver` answers DNS under the host guard's check (aiohttp's default resolver when None;
+        tests give one that maps cloud registry names to loopback ports, and nothing else)."""
         self.guard = guard
+        self.resolver = resolver
         self.connect_timeout_seconds = connect_timeout_seconds
         self.concurrency_per_host = concurrency_per_host
         self.observer = observer
@@ -103,7 +108,10 @@ class AiohttpTransport:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                resolver=GuardedResolver(self.guard), limit=0, ttl_dns_cache=30, enable_cleanup_closed=True
+                resolver=GuardedResolver(self.guard, self.resolver),
+                limit=0,
+                ttl_dns_cache=30,
+                enable_cleanup_closed=True,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
