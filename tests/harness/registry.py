@@ -377,8 +377,19 @@ def _wait_ready(registry: Registry) -> None:
     )
 
 
-def start_registry(setup: str, directory: Path, *, ca: TestCA | None = None) -> Registry:
-    """Start docker-registry in `setup` ("plain", "basic" or "token") under `directory`."""
+def start_registry(
+    setup: str,
+    directory: Path,
+    *,
+    ca: TestCA | None = None,
+    users: Mapping[str, str] | None = None,
+    dns: tuple[str, ...] = (),
+) -> Registry:
+    """Start docker-registry in `setup` ("plain", "basic" or "token") under `directory`.
+
+    "basic" only: `users` replaces the one htpasswd user (the first one pushes), and `dns` adds names
+    to the serving certificate (a cloud registry's name, reached through a test host mapping).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     host = f"127.0.0.1:{port}"
@@ -390,16 +401,20 @@ def start_registry(setup: str, directory: Path, *, ca: TestCA | None = None) -> 
     scheme = "http"
     if setup == "basic":
         ca = ca or TestCA(directory / "pki")
-        pair = ca.issue(f"registry-{port}")
+        pair = ca.issue(f"registry-{port}", dns=("localhost", *dns))
         tls = {"certificate": str(pair.cert), "key": str(pair.key)}
         ca_file = ca.cert_path
         scheme = "https"
+        accounts = dict(users or {USERNAME: PASSWORD})
         # cost 4, the minimum: the registry checks the hash on every request
-        hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+        lines = [
+            f"{name}:{bcrypt.hashpw(secret.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
+            for name, secret in accounts.items()
+        ]
         htpasswd = directory / "htpasswd"
-        htpasswd.write_text(f"{USERNAME}:{hashed}\n")
+        htpasswd.write_text("".join(lines))
         auth = {"htpasswd": {"realm": "archaudit-test", "path": str(htpasswd)}}
-        username, password = USERNAME, PASSWORD
+        username, password = next(iter(accounts.items()))
     elif setup == "token":
         issuer = TokenIssuer(directory / "issuer").start()
         auth = {
