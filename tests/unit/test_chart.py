@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from archaudit.core import config
+from archaudit.core.cloud import parse_providers
 from archaudit.webhook import WORKLOAD_RESOURCES
 from tests.harness.cluster import find_bin_dir
 
@@ -500,6 +501,53 @@ def test_defaults_render_the_operators_own_defaults() -> None:
     assert settings.cluster.platforms == defaults.cluster.platforms
     assert settings.audit.enabled == defaults.audit.enabled
     assert settings.audit.resync_seconds == defaults.audit.resync_seconds
+
+
+@pytest.mark.parametrize(
+    ("sources", "expected"),
+    [(None, ("aws", "gcp", "azure")), ([], ()), (["gcp"], ("gcp",)), (["azure", "aws"], ("azure", "aws"))],
+)
+def test_cloud_credentials_each_can_be_turned_off(
+    sources: list[str] | None, expected: tuple[str, ...]
+) -> None:
+    values = {} if sources is None else {"registry.cloudCredentials": sources}
+    settings = config.from_env(env_of(render(values=values)))
+    assert settings.registry.cloud_credentials == expected
+    assert parse_providers(settings.registry.cloud_credentials) == set(expected)
+
+
+def test_a_cloud_credential_source_must_be_known() -> None:
+    fails_with(render_result(values={"registry.cloudCredentials": ["ibm"]}), "/registry/cloudCredentials/0")
+
+
+@pytest.mark.parametrize(
+    ("annotations", "pod_labels"),
+    [
+        ({"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/archaudit-ecr"}, {}),
+        ({"iam.gke.io/gcp-service-account": "archaudit@my-project.iam.gserviceaccount.com"}, {}),
+        (
+            {"azure.workload.identity/client-id": "1b2c3d4e-0000-0000-0000-000000000002"},
+            {"azure.workload.identity/use": "true"},
+        ),
+    ],
+)
+def test_workload_identity_annotations_and_labels(
+    annotations: dict[str, str], pod_labels: dict[str, str]
+) -> None:
+    docs = render(
+        values={
+            "serviceAccount.annotations": annotations,
+            "serviceAccount.labels": {"team": "platform"},
+            "podLabels": pod_labels,
+        }
+    )
+    account = one(docs, "ServiceAccount")
+    assert account["metadata"]["annotations"] == annotations
+    assert account["metadata"]["labels"]["team"] == "platform"
+    assert account["metadata"]["labels"]["app.kubernetes.io/name"] == "archaudit"
+    pod = one(docs, "Deployment")["spec"]["template"]
+    assert pod["metadata"]["labels"].items() >= pod_labels.items()
+    assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
 
 
 def test_extra_env_is_appended() -> None:
