@@ -758,3 +758,68 @@ async def test_concurrent_images_of_one_registry_share_one_token(
         await run.close()
     assert all(isinstance(r, ImagePlatforms) for result in results for r in result.values())
     assert cloud.fetches == 1
+
+
+async def test_admission_warnings_and_events_carry_no_credential(
+    clouds: Clouds, cloud_env: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The webhook's answer and the Event it asks for, for a pod with one good and one refused image."""
+    from archaudit import webhook
+
+    caplog.set_level(logging.DEBUG)
+    irsa(monkeypatch, cloud_env)
+    clouds.gcp.status = 403  # the GAR image: its identity fails, and the review says why
+    run = make_run(clouds, pull_secrets=[Credential("AWS", "stale-pull-secret-password")])
+    run.ctx.nodes.replace_all(
+        [
+            {
+                "metadata": {
+                    "name": "graviton-1",
+                    "labels": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "arm64"},
+                },
+                "status": {"nodeInfo": {"containerRuntimeVersion": "containerd://1.7.20"}},
+            }
+        ]
+    )
+    run.ctx.namespaces["shop"] = {"archaudit.io/mode": "warn"}
+    run.ctx.namespaces_filled.set()
+    events: list[Any] = []
+    admission = webhook.Admission(
+        lambda: run.ctx, on_warning_event=lambda obj, outcome: events.append((obj, outcome.warnings))
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "api", "namespace": "shop"},
+        "spec": {"containers": [{"name": "a", "image": ECR_IMAGE}, {"name": "b", "image": GAR_IMAGE}]},
+    }
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "6f3c1e2a-0000-0000-0000-000000000001",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": "shop",
+            "userInfo": {"username": "alice"},
+            "object": pod,
+        },
+    }
+    try:
+        # the first review may run out of the webhook's deadline while tokens are fetched; the
+        # second is answered from what the first resolved
+        await admission(review)
+        answer = await admission(review)
+    finally:
+        await run.close()
+    text = json.dumps(answer) + json.dumps(events, default=str)
+    assert answer["response"]["allowed"] is True
+    warnings = " ".join(answer["response"].get("warnings", []))
+    assert GAR_HOST in warnings
+    assert "GCP metadata server: HTTP 403" in warnings
+    assert ECR_HOST not in warnings  # resolved with the cloud credential: nothing to warn about
+    assert events  # a warned pod gets an Event, with the same text
+    for secret in (*clouds.secrets(), "stale-pull-secret-password"):
+        assert secret not in text
+        assert secret not in caplog.text
