@@ -603,6 +603,7 @@ async def run(settings: config.Settings, *, kubeconfig: str | None = None) -> No
     state.nodes_from = lambda: collections.Counter(str(n.platform) for n in nodes.all())
     credentials = kube.PullSecretCredentials(api, extra=_cluster_keyring(settings))
     cloud = CloudCredentials.from_settings(settings.registry)
+    state.cloud_tokens_from = lambda: cloud.requests
     stop = asyncio.Event()
     elector = kube.LeaseElector(
         api,

@@ -260,6 +260,7 @@ def make_run(
     )
     resolver = Resolver(client, timeout_seconds=settings.timeout_seconds)
     cloud = cloud or CloudCredentials.from_settings(settings)
+    state.cloud_tokens_from = lambda: cloud.requests  # as app.run wires it
     ctx = Context(
         settings=Settings(registry=settings),
         resolver=resolver,
@@ -574,6 +575,8 @@ async def test_no_credential_in_logs_metrics_or_messages(
     assert all(isinstance(r, ImagePlatforms) for r in good.values()), good
     assert all(isinstance(r, ResolutionError) and r.reason is Reason.AUTH for r in failed.values()), failed
     assert "archaudit_registry_requests_total" in exposition  # the run did talk to the registry
+    assert 'archaudit_cloud_token_requests_total{result="ok",source="aws"} 1.0' in exposition
+    assert 'archaudit_cloud_token_requests_total{result="error",source="gcp"} 1.0' in exposition
     messages = " ".join(str(r) for r in failed.values())
     for secret in (*clouds.secrets(), "stale-pull-secret-password"):
         assert secret not in caplog.text

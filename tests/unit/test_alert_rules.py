@@ -59,6 +59,7 @@ def exported_sample_names() -> set[str]:
         runnable_workloads={"linux/arm64": 1},
         runnable_cpu_cores={"linux/arm64": 0.5},
         events={"emitted": 1},
+        cloud_tokens={("aws", "ok"): 1},
     )
     state.observe_runtime_mismatch("shop")
     state.full_audit_completed()

@@ -39,6 +39,7 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "archaudit_runnable_workloads": ("gauge", frozenset({"platform"})),
     "archaudit_runnable_cpu_cores": ("gauge", frozenset({"platform"})),
     "archaudit_events": ("counter", frozenset({"result"})),
+    "archaudit_cloud_token_requests": ("counter", frozenset({"source", "result"})),
     "archaudit_cluster_state_age_seconds": ("gauge", frozenset()),
     "archaudit_admission_reviews_stale_state": ("counter", frozenset()),
     "archaudit_admission_reviews_dropped": ("counter", frozenset({"reason"})),
@@ -113,6 +114,7 @@ def feed_everything(s: Server) -> None:
     s.state.runnable_workloads = {"linux/amd64": 9, "linux/arm64": 4}
     s.state.runnable_cpu_cores = {"linux/amd64": 3.5, "linux/arm64": 1.25}
     s.state.events = {"emitted": 1, "aggregated": 41, "dropped": 0, "failed": 0}
+    s.state.cloud_tokens = {("aws", "ok"): 2, ("gcp", "error"): 1}
     s.state.cluster_state_age_from = lambda: 4.5
     s.meters.observe_stale_review()
     s.meters.observe_dropped_review("memory")

@@ -79,6 +79,7 @@ class Snapshot:
     runnable_cpu_cores: Mapping[str, float] = field(default_factory=dict)  # platform -> requested cores
     events: Mapping[str, int] = field(default_factory=dict)  # emitted|aggregated|dropped|failed -> n
     cluster_state_age: float | None = None  # seconds since nodes/namespaces were confirmed (None: never)
+    cloud_tokens: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (source, ok|error) -> n
 
 
 class StateSource(Protocol):
@@ -108,6 +109,9 @@ class MutableState:
     # The Event emitter's outcome counts (adapters/events.py `stats`), read live at scrape time.
     events_from: Callable[[], Mapping[str, int]] | None = None
     events: dict[str, int] = field(default_factory=dict)
+    # The cloud credential step's token requests (adapters/cloud `requests`), read live at scrape time.
+    cloud_tokens_from: Callable[[], Mapping[tuple[str, str], int]] | None = None
+    cloud_tokens: dict[tuple[str, str], int] = field(default_factory=dict)
     # Seconds since the node map and namespace labels were last confirmed by a re-list (None: never).
     cluster_state_age_from: Callable[[], float | None] | None = None
     runtime_mismatches: dict[str, int] = field(default_factory=dict)
@@ -138,13 +142,15 @@ class MutableState:
             runnable_cpu_cores=dict(self.runnable_cpu_cores),
             events=_read(self.events_from, self.events),
             cluster_state_age=_read_value(self.cluster_state_age_from),
+            cloud_tokens=_read(self.cloud_tokens_from, self.cloud_tokens),
         )
 
 
+_K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
-def _read(live: Callable[[], Mapping[str, _V]] | None, copy: Mapping[str, _V]) -> dict[str, _V]:
+def _read(live: Callable[[], Mapping[_K, _V]] | None, copy: Mapping[_K, _V]) -> dict[_K, _V]:
     if live is None:
         return dict(copy)
     try:
@@ -257,6 +263,16 @@ class StateCollector(Collector):
         for result, n in sorted(snap.events.items()):
             events.add_metric([result], n)
         yield events
+
+        cloud_tokens = CounterMetricFamily(
+            f"{PREFIX}_cloud_token_requests",
+            "Token requests to the cloud identity services (aws: ECR GetAuthorizationToken, gcp: the "
+            "metadata server, azure: Azure AD + ACR exchange) by result: ok or error.",
+            labels=["source", "result"],
+        )
+        for (source, result), n in sorted(snap.cloud_tokens.items()):
+            cloud_tokens.add_metric([source, result], n)
+        yield cloud_tokens
 
         last_audit = GaugeMetricFamily(
             f"{PREFIX}_last_full_audit_timestamp_seconds",

@@ -107,7 +107,8 @@ class CloudCredentials:
         self.guard = guard
         self.failure_ttl = failure_ttl
         self.clock = clock  # wall time: token expiries are wall times
-        self.fetches = 0  # token requests made (tests and diagnostics; never the tokens)
+        # (source, ok|error) -> token requests made: metrics read it at scrape time (never the tokens)
+        self.requests: dict[tuple[str, str], int] = {}
         self._tokens: dict[str, _Cached] = {}
         self._failures: dict[str, _Failed] = {}
         self._inflight: dict[str, asyncio.Task[CloudAnswer]] = {}
@@ -139,9 +140,14 @@ class CloudCredentials:
             from archaudit.adapters.cloud.azure import AzureFetcher
 
             fetchers[cloud.AZURE] = AzureFetcher(
-                settings.azure_exchange_url, timeout=settings.cloud_timeout_seconds
+                settings.azure_exchange_url, timeout=settings.cloud_timeout_seconds, guard=guard
             )
         return cls(fetchers, guard=guard, failure_ttl=settings.cloud_failure_ttl_seconds)
+
+    @property
+    def fetches(self) -> int:
+        """Token requests made so far, whatever their result."""
+        return sum(self.requests.values())
 
     @property
     def providers(self) -> frozenset[str]:
@@ -203,16 +209,17 @@ class CloudCredentials:
             task.exception()  # retrieved: nobody may be left waiting for it
 
     async def _fetch(self, key: str, registry: CloudRegistry, fetcher: Fetcher) -> CloudAnswer:
-        self.fetches += 1
         try:
             token = await fetcher.fetch(registry)
         except CloudCredentialError as e:
+            self._count(registry.provider, "error")
             message = str(e)
             if key not in self._failures:
                 log.warning("no cloud credentials for %s: %s", registry.host, message)
             self._failures[key] = _Failed(message, self.clock() + self.failure_ttl)
             self._tokens.pop(key, None)
             return CloudAnswer(failure=message)
+        self._count(registry.provider, "ok")
         now = self.clock()
         if self._failures.pop(key, None) is not None:
             log.info("%s credentials for %s available again", registry.source, registry.host)
@@ -230,6 +237,9 @@ class CloudCredentials:
         else:
             self._tokens[key] = _Cached(token, until)
         return CloudAnswer(token.credential)
+
+    def _count(self, source: str, result: str) -> None:
+        self.requests[source, result] = self.requests.get((source, result), 0) + 1
 
     async def aclose(self) -> None:
         for task in list(self._inflight.values()):

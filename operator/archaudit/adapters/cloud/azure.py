@@ -20,8 +20,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp.abc
+
 from archaudit.adapters.cloud import CloudCredentialError
 from archaudit.adapters.cloud.http import TokenHttp
+from archaudit.adapters.registry.safety import HostGuard
 from archaudit.core import cloud
 from archaudit.core.cloud import CloudRegistry, CloudToken
 from archaudit.core.credentials import Credential
@@ -65,11 +68,21 @@ class AzureFetcher:
         timeout: float = 3.0,
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        guard: HostGuard | None = None,
+        resolver: aiohttp.abc.AbstractResolver | None = None,
     ) -> None:
+        """`guard` (and `resolver`, DNS under it) apply to the exchange when its URL names the image's
+        registry (`{registry}`): that host comes from an image, not from configuration."""
         self.exchange_url = exchange_url
         self.env = os.environ if env is None else env
         self.clock = clock
         self.http = TokenHttp(timeout=timeout)
+        to_registry = "{registry}" in exchange_url
+        self.exchange_http = (
+            TokenHttp(timeout=timeout, guard=guard or HostGuard(), resolver=resolver)
+            if to_registry
+            else self.http
+        )
         self._aad: dict[str, tuple[str, float]] = {}  # scope -> (access token, reuse until)
 
     def cache_key(self, registry: CloudRegistry) -> str:
@@ -80,7 +93,7 @@ class AzureFetcher:
         access_token = await self._aad_token(identity, registry.scope)
         url = self.exchange_url.replace("{registry}", registry.host)
         what = f"ACR token exchange at {registry.host}"
-        status, body = await self.http.request(
+        status, body = await self.exchange_http.request(
             what,
             "POST",
             url,
@@ -148,3 +161,4 @@ class AzureFetcher:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        await self.exchange_http.aclose()
