@@ -41,6 +41,7 @@ from archaudit.adapters.registry.files import registries_from_file
 from archaudit.adapters.registry.safety import HostGuard
 from archaudit.adapters.resolver import Resolver
 from archaudit.context import Context, NodeMap
+from archaudit.core import reports
 from archaudit.core.config import RegistrySettings, Settings
 from archaudit.core.credentials import Credential
 from archaudit.core.errors import Reason, ResolutionError
@@ -688,6 +689,7 @@ from archaudit.adapters.cloud import CloudCredentials
 from archaudit.adapters.resolver import Resolver
 from archaudit.context import Context, NodeMap
 from archaudit.adapters.metrics import MutableState
+from archaudit.core import reports
 from archaudit.core.config import RegistrySettings, Settings
 from archaudit.core.reference import parse
 from archaudit.resolution import resolve_images
@@ -763,10 +765,11 @@ async def test_concurrent_images_of_one_registry_share_one_token(
     assert cloud.fetches == 1
 
 
-async def test_admission_warnings_and_events_carry_no_credential(
+async def test_admission_warnings_events_and_reports_carry_no_credential(
     clouds: Clouds, cloud_env: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The webhook's answer and the Event it asks for, for a pod with one good and one refused image."""
+    """The webhook's answer, the Event it asks for and the ImageAudit status, for a pod with one image
+    resolved with a cloud token and one whose cloud identity was refused."""
     from archaudit import webhook
 
     caplog.set_level(logging.DEBUG)
@@ -814,9 +817,24 @@ async def test_admission_warnings_and_events_carry_no_credential(
         # second is answered from what the first resolved
         await admission(review)
         answer = await admission(review)
+        resolved = await run.resolve(ECR_IMAGE, GAR_IMAGE)
     finally:
         await run.close()
-    text = json.dumps(answer) + json.dumps(events, default=str)
+    # The ImageAudit the auditor would write for a Deployment of that pod template (scaled to 0).
+    audit = reports.build(
+        reports.WorkloadRef("apps/v1", "Deployment", "api", "uid-1", "shop"),
+        [],
+        resolved,
+        now="2026-12-01T00:00:00Z",
+        template=reports.TemplateFacts(
+            (reports.Container("a", ECR_IMAGE), reports.Container("b", GAR_IMAGE)),
+            tuple(run.ctx.nodes.all()),
+            why="scaled to 0",
+        ),
+    )
+    assert audit.unresolved == {GAR_IMAGE: "auth"}
+    text = json.dumps(answer) + json.dumps(events, default=str) + json.dumps(audit.status, default=str)
+    assert "GCP metadata server: HTTP 403" in json.dumps(audit.status)
     assert answer["response"]["allowed"] is True
     warnings = " ".join(answer["response"].get("warnings", []))
     assert GAR_HOST in warnings

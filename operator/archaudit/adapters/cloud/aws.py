@@ -41,7 +41,15 @@ class EcrFetcher:
         return registry.host
 
     async def fetch(self, registry: CloudRegistry) -> CloudToken:
-        return await asyncio.to_thread(self._fetch_now, registry)
+        # Bounded here too: the credential chain's own requests (STS, the Pod Identity agent) have
+        # botocore's longer timeouts, and every ECR image waits on this one request.
+        budget = self.timeout * 3
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._fetch_now, registry), budget)
+        except TimeoutError:
+            raise CloudCredentialError(
+                f"{_WHAT} ({registry.region}): no answer within {budget:g}s{_identity_hint()}"
+            ) from None
 
     async def aclose(self) -> None:
         with self._lock:
