@@ -986,4 +986,9 @@ def test_uninstall_releases_gated_pods_in_a_pre_delete_hook_as_the_operator() ->
     )
     assert rule["resourceNames"] == [RELEASE]
     assert not of_kind(render(values={"placement.uninstallHook": False}), "Job")
+    # podLabels go on every pod the chart makes (policies that require a label must admit the hook too)
+    labelled = render(values={"podLabels": {"team": "platform"}})
+    hook_labels = one(labelled, "Job")["spec"]["template"]["metadata"]["labels"]
+    assert hook_labels["team"] == "platform"
+    assert one(labelled, "Deployment")["spec"]["template"]["metadata"]["labels"]["team"] == "platform"
     assert not of_kind(render(values={"placement.enabled": False}), "Job")
