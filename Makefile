@@ -46,7 +46,7 @@ faults: venv deps bins  ## fault matrix under load (tests/faults), the long case
 test: deps venv bins lint  ## everything CI runs: lint + unit + integration + e2e + the short fault cases
 	$(PY) -m pytest tests/unit tests/integration tests/e2e tests/faults --durations=15 $(PYTEST_ARGS)
 
-bench: venv deps bins  ## benchmarks; figures go to BENCHMARKS.md
+bench: venv deps bins tools  ## benchmarks; figures go to BENCHMARKS.md
 	$(PY) -m pytest tests/bench -s -p no:randomly $(PYTEST_ARGS)
 
 demo: venv deps bins  ## start registry + control plane + archaudit in the background, print how to use it

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the developer tools the tests run for real (today: actionlint, which lints the GitHub
-# workflows), from Go modules, pinned, cached like build-cluster-bins.sh.
+# Build the developer tools the tests run for real (actionlint, which lints the GitHub workflows; loadgen,
+# the benchmarks' load client, from hack/loadgen), from Go modules, pinned, cached like
+# build-cluster-bins.sh.
 #
 # Why from Go modules: this machine has no release downloads; the Go module proxy is reachable.
 #
@@ -34,5 +35,22 @@ build_actionlint() {
   "$BIN/actionlint" -version | head -1 >&2
 }
 
+# Our own source: the stamp is its hash, so an edit rebuilds and nothing else does.
+build_loadgen() {
+  local src hash stamp
+  src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/loadgen"
+  hash=$(cat "$src/go.mod" "$src/main.go" | sha256sum | cut -c1-16)
+  stamp="$BIN/.loadgen-$hash"
+  if [ -x "$BIN/loadgen" ] && [ -e "$stamp" ]; then
+    log "loadgen $hash: cached"
+    return
+  fi
+  log "loadgen $hash: building"
+  (cd "$src" && go build -trimpath -ldflags "-s -w" -o "$BIN/loadgen" .)
+  rm -f "$BIN"/.loadgen-*
+  touch "$stamp"
+}
+
 build_actionlint
+build_loadgen
 echo "$BIN"

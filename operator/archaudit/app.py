@@ -34,6 +34,7 @@ from archaudit.adapters.resolver import Resolver
 from archaudit.context import Context, NodeMap
 from archaudit.core import config
 from archaudit.core.cloud import parse_providers as cloud_providers
+from archaudit.core.correlator import Correlator
 from archaudit.core.credentials import Keyring, keyring_from_docker_config
 
 __all__ = ["build_parser", "main", "resync_cluster_state", "settings_from_args"]
@@ -612,7 +613,19 @@ async def run(settings: config.Settings, *, kubeconfig: str | None = None) -> No
         identity=socket.gethostname() + f"-{os.getpid()}",
     )
     # One Event writer for the webhook and the auditor; its own owner cache, off the review's path.
-    emitter = events.EventEmitter(api, owner_of=_workload_of(AuditStore(api)))
+    quiet = settings.events
+    emitter = events.EventEmitter(
+        api,
+        owner_of=_workload_of(AuditStore(api)),
+        correlator=Correlator(
+            window=quiet.window_seconds,
+            flush_interval=quiet.flush_seconds,
+            burst=quiet.burst,
+            refill_seconds=quiet.refill_seconds,
+            max_keys=quiet.max_keys,
+        ),
+        queue_size=quiet.queue_size,
+    )
     state.events_from = lambda: emitter.stats
     ctx = Context(
         settings=settings,

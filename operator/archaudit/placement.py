@@ -57,6 +57,7 @@ _SECTIONS = ("containers", "initContainers")  # ephemeral containers come later,
 
 # (result, reason) -> metrics; reason "" unless skipped
 Observer = Callable[[str, str], None]
+REINVOKED = "reinvoked"  # the result counted for a reinvocation of a pod placement has seen already
 
 
 def placement_enabled(ctx: Context, namespace: str) -> bool:
@@ -190,12 +191,19 @@ class Mutation:
             ctx = self.ctx_getter()
             if not placement_enabled(ctx, namespace):
                 return response(data, [])
+            # The apiserver reinvokes us when a later webhook changed the pod (reinvocationPolicy
+            # IfNeeded); our annotation or gate says we saw this pod already. Counted apart, so that
+            # placements_total counts each pod once.
+            again = rules.previous(pod) is not None or rules.has_gate(pod.get("spec") or {})
             ops, result, reason = await mutate(ctx, pod, namespace)
         except Exception:  # never block: a bug here admits the pod as it is
             log.exception("placement of a pod in %s failed; admitted unchanged", namespace)
-            result, reason, ops = "error", "", []
+            result, reason, ops, again = "error", "", [], False
         if self.observe is not None:
-            self.observe(result, reason)
+            if again:
+                self.observe(REINVOKED, "")
+            else:
+                self.observe(result, reason)
         return response(data, ops)
 
 

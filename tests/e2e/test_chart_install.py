@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import Seeded
 from tests.harness.cluster import Cluster
-from tests.harness.kube import create_namespace
+from tests.harness.kube import HARNESS_KUBELET, create_namespace, run_pod_here
 from tests.harness.operator import (
     CHART,
     Operator,
@@ -33,6 +32,7 @@ from tests.harness.operator import (
     chart_env,
     forbidden_lines,
     helm,
+    helm_process,
     manifest_documents,
     service_account_kubeconfig,
     wait_until_denied,
@@ -197,6 +197,8 @@ def release(
         "--set", f"webhook.url={op.url}",
         "--set-json", f'registry.insecure=["{registry}"]',
         "--set-json", 'registry.allow=["127.0.0.1"]',
+        # Its hook Job's pod is run by the test (run_pod_here), not completed unrun by kwok.
+        "--set-json", f'podLabels={{"{HARNESS_KUBELET[0]}":"{HARNESS_KUBELET[1]}"}}',
     ]  # fmt: skip
     r = Release(cluster, work / "helm", op, values)
     adopt_existing_crd(cluster)
@@ -341,37 +343,49 @@ def test_upgrade_keeps_the_webhook_and_its_ca_bundle(release: Release) -> None:
     assert release.ca_bundles() == {release.operator_ca_bundle()}
 
 
-def test_the_uninstall_hook_releases_gated_pods_as_the_chart_service_account(
+def test_uninstall_releases_gated_pods_removes_the_webhook_and_keeps_the_crd(
     cluster: Cluster, release: Release, plain_registry: Seeded, namespace: str
 ) -> None:
-    """helm uninstall's pre-delete Job runs `python -m archaudit.placement release-gates` as the
-    operator's ServiceAccount. kwok completes Job pods without running their container, so the Job's
-    command runs here, with the chart's token; the uninstall below then goes through the hook."""
+    """Last in the module: it removes the release the other tests use.
+
+    helm uninstall runs the pre-delete hook Job (`python -m archaudit.placement release-gates`, as the
+    chart's ServiceAccount) and waits for it; the test plays that pod's kubelet (run_pod_here), so
+    the Job's command really runs, authorized by the chart's RBAC, and helm goes on only once the Job
+    controller has seen it succeed. A pod gated by archaudit must not be left behind.
+    """
+    assert forbidden_lines(release.log()) == [], release.operator.tail()
     hooks = manifest_documents(release.helm("get", "hooks", RELEASE, "-n", RELEASE_NAMESPACE))
     (job,) = [d for d in hooks if d["kind"] == "Job"]
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
-    (container,) = job["spec"]["template"]["spec"]["containers"]
     release.operator.stop()  # its gate controller would release the pod before the hook could
     core = client.CoreV1Api(cluster.admin)
     gated = pod("gated", plain_registry.samples["multiarch"].reference)
     gated["spec"]["schedulingGates"] = [{"name": "archaudit.io/placement"}]
     core.create_namespaced_pod(namespace, gated)
-    assert release.operator.service.env is not None
-    argv = [sys.executable, *container["command"][1:], *container["args"]]
-    argv += ["--kubeconfig", release.operator.service.env["KUBECONFIG"]]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "1 pod(s) released" in done.stdout, done.stdout
-    assert not core.read_namespaced_pod("gated", namespace).spec.scheduling_gates
-    admission = client.AdmissionregistrationV1Api(cluster.admin)
-    assert FULLNAME not in [w.metadata.name for w in admission.list_mutating_webhook_configuration().items]
 
-
-def test_uninstall_removes_the_webhook_and_keeps_the_crd(cluster: Cluster, release: Release) -> None:
-    """Last in the module: it removes the release the other tests use."""
-    assert forbidden_lines(release.log()) == [], release.operator.tail()
-    release.helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE)
+    work = release.helm_home.parent
+    uninstall = helm_process(
+        cluster.bin_dir, "uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", "--timeout", "120s",
+        kubeconfig=cluster.kubeconfig, home=release.helm_home,
+    )  # fmt: skip
+    try:
+        hook = run_pod_here(
+            cluster.admin,
+            RELEASE_NAMESPACE,
+            "app.kubernetes.io/component=placement-uninstall",
+            kubeconfig_for=lambda sa: service_account_kubeconfig(
+                cluster.kubeconfig, namespace=RELEASE_NAMESPACE, name=sa, path=work / "hook.kubeconfig"
+            ),
+        )
+        _out, err = uninstall.communicate(timeout=120)
+    finally:
+        if uninstall.poll() is None:
+            uninstall.kill()
+    assert hook.returncode == 0, hook.stderr
+    assert "1 pod(s) released" in hook.stdout, hook.stdout
+    assert uninstall.returncode == 0, err
     release.installed = False
+    assert not core.read_namespaced_pod("gated", namespace).spec.scheduling_gates
 
     admission = client.AdmissionregistrationV1Api(cluster.admin)
     left = [w.metadata.name for w in admission.list_validating_webhook_configuration().items]

@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import json
 import ssl
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -25,8 +27,11 @@ from typing import Any
 import aiohttp
 import pytest
 from kubernetes import client
+from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
+from archaudit.adapters.events import RETRY_MAX_SECONDS, RETRY_TRIES, EventEmitter, Involved
+from archaudit.adapters.kube import KubeApi
 from tests.conftest import Seeded
 from tests.harness.cluster import Cluster
 from tests.harness.operator import (
@@ -39,6 +44,7 @@ from tests.harness.operator import (
     webhook_configuration,
 )
 from tests.harness.procs import wait_until
+from tests.harness.tcpgate import TcpGate
 
 REASON = "ImageArchMismatch"
 TLS_SECRET = "archaudit-webhook-tls"
@@ -441,3 +447,75 @@ def test_refused_event_writes_never_fail_a_review(
     # A refused create spends the object's write budget like an accepted one: at most 25 tries per
     # object while the bucket refills (one per 5 minutes), never one per review.
     assert after["failed"] - before["failed"] <= 100 * 25
+
+
+# --- an apiserver that is away when an Event is due ----------------------------------------------------
+
+
+@pytest.fixture
+def gate(cluster: Cluster) -> Iterator[TcpGate]:
+    """The real apiserver behind a forwarder the test can shut: only this client sees the outage."""
+    parsed = urllib.parse.urlsplit(cluster.server)
+    forwarder = TcpGate(parsed.hostname or "127.0.0.1", parsed.port or 443).start()
+    try:
+        yield forwarder
+    finally:
+        forwarder.stop()
+
+
+def _emitter_behind(cluster: Cluster, gate: TcpGate, clock: list[float]) -> EventEmitter:
+    configuration = copy.copy(cluster.admin.configuration)
+    configuration.host = gate.url
+    configuration.retries = False  # the emitter's own retries are under test, not urllib3's
+    return EventEmitter(KubeApi(ApiClient(configuration)), clock=lambda: clock[0], instance="test")
+
+
+def test_an_event_due_while_the_apiserver_is_away_is_written_when_it_is_back(
+    cluster: Cluster, gate: TcpGate, namespace: str
+) -> None:
+    clock = [1000.0]
+    emitter = _emitter_behind(cluster, gate, clock)
+    pod = Involved("v1", "Pod", namespace, "seen-before-the-restart")
+    gate.shut()
+
+    async def away_then_back() -> None:
+        emitter.about(pod, ["Incompatible: amd64 only"])
+        await emitter.drain()
+        assert emitter.retrying() == 1
+        assert gate.refused >= 1
+        # Seen again while the create waits: counted on it, not a second create.
+        for _ in range(3):
+            emitter.about(pod, ["Incompatible: amd64 only"])
+        await emitter.drain()
+        assert emitter.retrying() == 1
+        gate.open()
+        clock[0] += 1.0  # the first retry is due after a second (the clock is the emitter's own)
+        await emitter.drain()
+
+    asyncio.run(away_then_back())
+    events = [e for e in our_events(cluster, namespace) if e.involved_object.name == pod.name]
+    assert [e.count for e in events] == [4], events
+    assert emitter.retrying() == 0
+    assert (emitter.stats["emitted"], emitter.stats["failed"]) == (1, 0)
+    assert emitter.stats["retried"] >= 1
+
+
+def test_an_apiserver_away_for_good_ends_the_retries_with_one_failure(
+    cluster: Cluster, gate: TcpGate, namespace: str
+) -> None:
+    clock = [1000.0]
+    emitter = _emitter_behind(cluster, gate, clock)
+    gate.shut()
+
+    async def never_back() -> None:
+        emitter.about(Involved("v1", "Pod", namespace, "lost"), ["Incompatible: amd64 only"])
+        await emitter.drain()
+        for _ in range(RETRY_TRIES):
+            clock[0] += RETRY_MAX_SECONDS
+            await emitter.drain()
+
+    asyncio.run(never_back())
+    assert emitter.retrying() == 0
+    assert emitter.stats["failed"] == 1
+    assert emitter.stats["retried"] == RETRY_TRIES - 1
+    assert not our_events(cluster, namespace)

@@ -201,14 +201,26 @@ def helm(
     bin_dir: Path, *args: str, kubeconfig: Path, home: Path, timeout: float = 180.0
 ) -> subprocess.CompletedProcess[str]:
     """Run the pinned helm against `kubeconfig`, with its cache and config kept under `home`."""
+    argv, env = _helm_command(bin_dir, args, kubeconfig, home)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def helm_process(bin_dir: Path, *args: str, kubeconfig: Path, home: Path) -> subprocess.Popen[str]:
+    """`helm` started in the background: for commands that wait on something the test must do."""
+    argv, env = _helm_command(bin_dir, args, kubeconfig, home)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _helm_command(
+    bin_dir: Path, args: Sequence[str], kubeconfig: Path, home: Path
+) -> tuple[list[str], dict[str, str]]:
     env = {
         **os.environ,
         "HELM_CACHE_HOME": str(home / "cache"),
         "HELM_CONFIG_HOME": str(home / "config"),
         "HELM_DATA_HOME": str(home / "data"),
     }
-    argv = [str(bin_dir / "helm"), *args, "--kubeconfig", str(kubeconfig)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    return [str(bin_dir / "helm"), *args, "--kubeconfig", str(kubeconfig)], env
 
 
 def manifest_documents(text: str) -> list[dict[str, Any]]:

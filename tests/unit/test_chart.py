@@ -501,6 +501,17 @@ def test_defaults_render_the_operators_own_defaults() -> None:
     assert settings.cluster.platforms == defaults.cluster.platforms
     assert settings.audit.enabled == defaults.audit.enabled
     assert settings.audit.resync_seconds == defaults.audit.resync_seconds
+    assert settings.events == defaults.events
+
+
+def test_event_quieting_is_set_from_values_and_checked_by_the_schema() -> None:
+    docs = render(values={"events.windowSeconds": 120, "events.burst": 5, "events.queueSize": 64})
+    quiet = config.from_env(env_of(docs)).events
+    assert (quiet.window_seconds, quiet.burst, quiet.queue_size) == (120.0, 5, 64)
+    fails_with(render_result(values={"events.flushSeconds": 0}), "/events/flushSeconds")
+    fails_with(render_result(values={"events.queueSize": 0}), "/events/queueSize")
+    with pytest.raises(ValueError, match="events"):
+        config.from_env({"ARCHAUDIT_EVENTS_BURST": "0"})
 
 
 @pytest.mark.parametrize(
@@ -1034,4 +1045,9 @@ def test_uninstall_releases_gated_pods_in_a_pre_delete_hook_as_the_operator() ->
     )
     assert rule["resourceNames"] == [RELEASE]
     assert not of_kind(render(values={"placement.uninstallHook": False}), "Job")
+    # podLabels go on every pod the chart makes (policies that require a label must admit the hook too)
+    labelled = render(values={"podLabels": {"team": "platform"}})
+    hook_labels = one(labelled, "Job")["spec"]["template"]["metadata"]["labels"]
+    assert hook_labels["team"] == "platform"
+    assert one(labelled, "Deployment")["spec"]["template"]["metadata"]["labels"]["team"] == "platform"
     assert not of_kind(render(values={"placement.enabled": False}), "Job")

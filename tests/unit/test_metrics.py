@@ -40,6 +40,7 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "archaudit_runnable_cpu_cores": ("gauge", frozenset({"platform"})),
     "archaudit_events": ("counter", frozenset({"result"})),
     "archaudit_cloud_token_requests": ("counter", frozenset({"source", "result"})),
+    "archaudit_event_write_retries": ("counter", frozenset()),
     "archaudit_cluster_state_age_seconds": ("gauge", frozenset()),
     "archaudit_admission_reviews_stale_state": ("counter", frozenset()),
     "archaudit_admission_reviews_dropped": ("counter", frozenset({"reason"})),

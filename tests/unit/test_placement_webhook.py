@@ -320,7 +320,15 @@ def test_a_reinvocation_of_a_gated_pod_keeps_the_gate_without_waiting_again() ->
     gated = patched(answer)
     again, seen = mutate(context(hang=True), gated)
     assert "patch" not in again
-    assert seen == ["gated:"]
+    assert seen == ["reinvoked:"]  # counted once as gated (the first call), not twice
+
+
+def test_a_reinvocation_of_a_placed_pod_is_counted_apart_and_changes_nothing() -> None:
+    ctx = context()
+    first, seen_first = mutate(ctx)
+    again, seen_again = mutate(ctx, patched(first))
+    assert "patch" not in again
+    assert (seen_first, seen_again) == (["placed:"], ["reinvoked:"])
 
 
 def test_a_gated_pod_is_judged_with_the_constraint_it_gets_when_ungated() -> None:

@@ -13,11 +13,16 @@ etcd writes. So the review never waits on an Event, and most reviews cause no wr
   the owner cache; a named bare pod on itself; a pod without a name yet on nothing, since that name
   would never exist), and asks the correlator (core/correlator.py) what to write: create one Event at
   first sight, count repeats on it, patch the count at most every few seconds, rate-limited per object;
-- every API failure (forbidden, timeout, apiserver down) is logged at DEBUG, counted as `failed`, and
-  stays here: an Event is a courtesy, never a reason to slow or fail anything.
+- every API failure (forbidden, timeout, apiserver down) is logged at DEBUG and stays here: an Event
+  is a courtesy, never a reason to slow or fail anything. A create the apiserver did not answer
+  (down, restarting, timeout, 429, 5xx) is tried again, as client-go's recorder does (12 tries):
+  after 1, 2, 4 ... 30 s, so an Event about a problem seen just before an apiserver restart is not
+  lost (the auditor sees the problem once and does not announce it again). Repeats seen meanwhile are
+  counted on the pending create. A refusal (403, 422, a namespace that is gone) is final.
 
-`stats` holds the outcome of every occurrence (emitted | aggregated | dropped | failed); metrics.py
-reads it at scrape time as `archaudit_events_total{result}`.
+`stats` holds the outcome of every occurrence (emitted | aggregated | dropped | failed), plus
+`retried` (create attempts made again); metrics.py reads it at scrape time as
+`archaudit_events_total{result}` and `archaudit_event_write_retries_total`.
 """
 
 from __future__ import annotations
@@ -58,6 +63,12 @@ WEBHOOK = "archaudit.io/webhook"
 AUDITOR = "archaudit.io/auditor"
 PLACEMENT = "archaudit.io/placement"
 RESULTS = ("emitted", "aggregated", "dropped", "failed")
+RETRIED = "retried"
+RETRY_TRIES = 12  # client-go's maxTriesPerEvent
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
+# Answers that say "not now" rather than "no": the same create may succeed later.
+_TRANSIENT_STATUS = frozenset({0, 408, 429, 500, 502, 503, 504})
 _MESSAGE_RUNES = 1024  # what `kubectl describe` shows in full; the ImageAudit has the rest
 _SOURCE = {WEBHOOK: "archaudit-webhook", AUDITOR: "archaudit-auditor"}
 
@@ -103,6 +114,23 @@ class _Waiting:
     reason: str = REASON
 
 
+@dataclass
+class _Retry:
+    """A create that was not answered, to be tried again at `due` (monotonic seconds)."""
+
+    key: EventKey
+    count: int
+    tries: int
+    due: float
+
+
+def _transient(error: BaseException) -> bool:
+    if isinstance(error, ApiException):
+        return (error.status or 0) in _TRANSIENT_STATUS
+    # urllib3/socket errors: connection refused or reset, timeouts — the apiserver is away, not saying no.
+    return isinstance(error, (OSError, TimeoutError)) or type(error).__module__.startswith("urllib3")
+
+
 def _now_text(now: dt.datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -130,7 +158,7 @@ class EventEmitter:
         self.api = api
         self.owner_of = owner_of
         self.correlator = correlator or Correlator()
-        self.stats: Counter[str] = Counter(dict.fromkeys(RESULTS, 0))
+        self.stats: Counter[str] = Counter(dict.fromkeys((*RESULTS, RETRIED), 0))
         self._clock = clock
         self._wall = wall
         self._instance = (instance or socket.gethostname())[:128]
@@ -138,6 +166,8 @@ class EventEmitter:
         self.linger = linger
         # The bounded queue: distinct problems waiting for the worker, each with its count so far.
         self._waiting: dict[tuple[Any, ...], _Waiting] = {}
+        # Creates to try again (bounded by `queue_size` too): one per problem.
+        self._retries: dict[EventKey, _Retry] = {}
         self._arrived = asyncio.Event()
 
     # --- the hot path: synchronous, no I/O, never raises ------------------------------------------
@@ -191,13 +221,17 @@ class EventEmitter:
         """Distinct problems waiting for the worker (never more than the queue size)."""
         return len(self._waiting)
 
+    def retrying(self) -> int:
+        """Problems whose Event create waits to be tried again (never more than the queue size)."""
+        return len(self._retries)
+
     # --- the worker -----------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write Events until `stop` is set; then carry the last counts and return."""
         while not stop.is_set():
             if not self._waiting:
-                await _first_of(stop, self._arrived, within=self.correlator.next_due(self._clock()))
+                await _first_of(stop, self._arrived, within=self._next_wake())
             await self.drain()
             # Repeats of the problems just handled gather in `_waiting` meanwhile (a count on one
             # entry): the worker's cost is per problem and pause, not per review.
@@ -210,7 +244,26 @@ class EventEmitter:
         self._arrived.clear()
         for item in batch.values():
             await self._guarded(self._handle(item))
+        await self._guarded(self._retry_due())
         await self._guarded(self._flush())
+
+    def _next_wake(self) -> float | None:
+        """Seconds until a count is due or a create is to be tried again (None: nothing waits)."""
+        now = self._clock()
+        waits = [max(r.due - now, 0.0) for r in self._retries.values()]
+        due = self.correlator.next_due(now)
+        if due is not None:
+            waits.append(due)
+        return min(waits) if waits else None
+
+    async def _retry_due(self) -> None:
+        now = self._clock()
+        for retry in [r for r in self._retries.values() if r.due <= now]:
+            del self._retries[retry.key]
+            self.stats[RETRIED] += 1
+            # Occurrences counted on the pending create meanwhile go with it.
+            count = max(retry.count, self.correlator.count_of(retry.key) or 0)
+            await self._create(retry.key, count, tries=retry.tries)
 
     async def _guarded(self, work: Awaitable[None]) -> None:
         try:
@@ -244,7 +297,7 @@ class EventEmitter:
             return immediate
         return found or immediate
 
-    async def _create(self, key: EventKey, count: int) -> None:
+    async def _create(self, key: EventKey, count: int, *, tries: int = 1) -> None:
         obj = key.involved
         now = _now_text(self._wall())
         body = {
@@ -269,11 +322,21 @@ class EventEmitter:
         try:
             created = await self.api.request("POST", f"{_events(obj.namespace)}", body=body)
         except Exception as e:
+            log.debug(
+                "event emitter: cannot create an Event on %s %s/%s (try %d): %s",
+                obj.kind,
+                obj.namespace,
+                obj.name,
+                tries,
+                e,
+            )
+            if _transient(e) and tries < RETRY_TRIES and len(self._retries) < self.queue_size:
+                # The correlator keeps the key: repeats meanwhile are counted, not created again.
+                wait = min(RETRY_FIRST_SECONDS * 2 ** (tries - 1), RETRY_MAX_SECONDS)
+                self._retries[key] = _Retry(key, count, tries + 1, self._clock() + wait)
+                return
             self.correlator.forget(key)
             self.stats["failed"] += 1
-            log.debug(
-                "event emitter: cannot create an Event on %s %s/%s: %s", obj.kind, obj.namespace, obj.name, e
-            )
             return
         self.stats["emitted"] += 1
         self.correlator.created(key, str((created.get("metadata") or {}).get("name", "")), count)

@@ -260,9 +260,16 @@ class StateCollector(Collector):
             "failed (the apiserver refused or did not answer a write).",
             labels=["result"],
         )
+        retried = CounterMetricFamily(
+            f"{PREFIX}_event_write_retries",
+            "Event creates tried again because the apiserver did not answer (down, timeout, 429, 5xx).",
+        )
         for result, n in sorted(snap.events.items()):
-            events.add_metric([result], n)
+            if result != "retried":
+                events.add_metric([result], n)
+        retried.add_metric([], snap.events.get("retried", 0))
         yield events
+        yield retried
 
         cloud_tokens = CounterMetricFamily(
             f"{PREFIX}_cloud_token_requests",

@@ -52,7 +52,7 @@ class PlacementMetrics:
         self.placements = Counter(
             "placements",
             "Pods placement looked at, by result (placed, unchanged, gated, ungated-timeout, skipped, "
-            "error) and, for skipped, the reason.",
+            "error, reinvoked: a second call for a pod seen already) and, for skipped, the reason.",
             ["result", "reason"],
             namespace=PREFIX,
             registry=registry,

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 __all__ = [
     "AuditSettings",
     "ClusterSettings",
+    "EventSettings",
     "LogSettings",
     "MetricsSettings",
     "PlacementSettings",
@@ -152,6 +153,25 @@ class PlacementSettings:
 
 
 @dataclass(frozen=True)
+class EventSettings:
+    """How the one Event writer (adapters/events.py, core/correlator.py) keeps Events quiet.
+    Env: ARCHAUDIT_EVENTS_<FIELD>. The defaults are client-go's recorder's."""
+
+    window_seconds: float = 600.0  # repeats of a problem within this long count on its Event
+    flush_seconds: float = 5.0  # an Event's count is patched at most this often
+    burst: int = 25  # writes (creates and patches) per reporting component and object at once ...
+    refill_seconds: float = 300.0  # ... then one more every this long
+    queue_size: int = 1024  # distinct problems waiting for the writer; more are dropped and counted
+    max_keys: int = 4096  # problems remembered for aggregation (least recently seen forgotten first)
+
+    def __post_init__(self) -> None:
+        if min(self.window_seconds, self.flush_seconds, self.refill_seconds) <= 0:
+            raise ValueError("events: window, flush and refill seconds must be > 0")
+        if min(self.burst, self.queue_size, self.max_keys) < 1:
+            raise ValueError("events: burst, queue size and max keys must be >= 1")
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     """/metrics, /healthz and /readyz over plain HTTP on their own port. Env: ARCHAUDIT_METRICS_<FIELD>."""
 
@@ -173,6 +193,7 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     placement: PlacementSettings = field(default_factory=PlacementSettings)
+    events: EventSettings = field(default_factory=EventSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 

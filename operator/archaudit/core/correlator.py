@@ -157,6 +157,11 @@ class Correlator:
             record.name = name
             record.sent = max(count, 1)
 
+    def count_of(self, key: EventKey) -> int | None:
+        """Occurrences of `key` so far (None: not remembered)."""
+        record = self._records.get(key)
+        return record.count if record is not None else None
+
     def forget(self, key: EventKey) -> None:
         """The Event of `key` could not be written or is gone: the next occurrence starts afresh."""
         self._records.pop(key, None)

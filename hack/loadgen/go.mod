@@ -1,0 +1,3 @@
+module archaudit.dev/loadgen
+
+go 1.26
