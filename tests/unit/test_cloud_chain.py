@@ -206,3 +206,37 @@ async def test_aclose_closes_every_fetcher() -> None:
     chain = _chain(fetcher, clock)
     await chain.aclose()
     assert fetcher.closed
+
+
+async def test_without_botocore_ecr_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from archaudit.adapters.cloud.aws import EcrFetcher
+
+    for name in [m for m in sys.modules if m == "botocore" or m.startswith("botocore.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "botocore", None)  # what an image without the aws extra has
+    chain = CloudCredentials({"aws": EcrFetcher()})
+    answer = await chain.for_image(ECR_IMAGE)
+    assert answer == CloudAnswer(
+        failure="ECR GetAuthorizationToken: botocore is not installed (install archaudit[aws])"
+    )
+
+
+@dataclass
+class Broken:
+    def cache_key(self, registry: CloudRegistry) -> str:
+        return registry.host
+
+    async def fetch(self, registry: CloudRegistry) -> CloudToken:
+        raise KeyError("a secret-looking detail")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_an_unexpected_error_is_a_failure_named_by_its_type() -> None:
+    chain = CloudCredentials({"gcp": Broken()})
+    answer = await chain.for_image(GAR_IMAGE)
+    assert answer == CloudAnswer(failure="GCP metadata server: unexpected KeyError")
+    assert chain.requests == {("gcp", "error"): 1}

@@ -210,7 +210,13 @@ class CloudCredentials:
 
     async def _fetch(self, key: str, registry: CloudRegistry, fetcher: Fetcher) -> CloudAnswer:
         try:
-            token = await fetcher.fetch(registry)
+            try:
+                token = await fetcher.fetch(registry)
+            except (CloudCredentialError, asyncio.CancelledError):
+                raise
+            except Exception as e:
+                # A bug or an SDK surprise: named by its type only (its text might quote a request).
+                raise CloudCredentialError(f"{registry.source}: unexpected {type(e).__name__}") from None
         except CloudCredentialError as e:
             self._count(registry.provider, "error")
             message = str(e)

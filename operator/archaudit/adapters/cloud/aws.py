@@ -58,13 +58,9 @@ class EcrFetcher:
             client.close()
 
     def _client(self, registry: CloudRegistry) -> Any:
-        try:
-            import botocore.config
-            import botocore.session
-        except ImportError:
-            raise CloudCredentialError(
-                f"{_WHAT}: botocore is not installed (install archaudit[aws])"
-            ) from None
+        import botocore.config
+        import botocore.session
+
         # botocore logs request and response bodies at DEBUG, and these carry the STS keys and the ECR
         # token: whatever archaudit's own log level, botocore's stays at WARNING.
         botocore_log = logging.getLogger("botocore")
@@ -87,8 +83,12 @@ class EcrFetcher:
             return client
 
     def _fetch_now(self, registry: CloudRegistry) -> CloudToken:
-        import botocore.exceptions
-
+        try:
+            import botocore.exceptions
+        except ImportError:
+            raise CloudCredentialError(
+                f"{_WHAT}: botocore is not installed (install archaudit[aws])"
+            ) from None
         where = f"{_WHAT} ({registry.region})"
         try:
             answer = self._client(registry).get_authorization_token()
