@@ -45,6 +45,7 @@ class Scripted:
     per_registry: bool = True
     asked: list[str] = field(default_factory=list)
     gate: asyncio.Event | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)  # set when a request is under way
     closed: bool = False
 
     def cache_key(self, registry: CloudRegistry) -> str:
@@ -52,6 +53,7 @@ class Scripted:
 
     async def fetch(self, registry: CloudRegistry) -> CloudToken:
         self.asked.append(registry.host)
+        self.started.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.error is not None:
@@ -127,7 +129,9 @@ async def test_one_request_per_registry_at_a_time() -> None:
     fetcher = Scripted(clock, gate=gate)
     chain = _chain(fetcher, clock)
     waiting = [asyncio.ensure_future(chain.for_image(ECR_IMAGE)) for _ in range(20)]
-    await asyncio.sleep(0)  # let every waiter reach the shared request
+    # The request task is created by the first waiter and runs after every waiter's first step:
+    # once it has started, all twenty are waiting on it.
+    await fetcher.started.wait()
     gate.set()
     answers = await asyncio.gather(*waiting)
     assert {a.credential for a in answers} == {Credential("AWS", "token-1")}
@@ -140,12 +144,12 @@ async def test_a_caller_that_gives_up_does_not_cancel_the_request() -> None:
     fetcher = Scripted(clock, gate=gate)
     chain = _chain(fetcher, clock)
     impatient = asyncio.ensure_future(chain.for_image(ECR_IMAGE))
-    await asyncio.sleep(0)
+    await fetcher.started.wait()
     impatient.cancel()
     patient = asyncio.ensure_future(chain.for_image(ECR_IMAGE))
-    await asyncio.sleep(0)
     gate.set()
     assert (await patient).credential == Credential("AWS", "token-1")
+    assert impatient.cancelled()
     assert fetcher.asked == [ECR_IMAGE.registry]
 
 
