@@ -339,11 +339,11 @@ async def check_files(
     from archaudit.context import Context, NodeMap
     from archaudit.resolution import resolve_images
 
+    # The operator's chain: the docker config's credentials, then the user's cloud identity.
+    cloud = CloudCredentials.from_settings(registry_settings)
     resolver = Resolver.from_settings(
         registry_settings, registries=registries, insecure=args.insecure_registry
     )
-    # The operator's chain: the docker config's credentials, then the user's cloud identity.
-    cloud = CloudCredentials.from_settings(registry_settings)
     try:
         ctx = Context(
             settings=settings,

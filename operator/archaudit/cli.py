@@ -244,14 +244,14 @@ async def check(args: argparse.Namespace, settings: config.Settings) -> tuple[in
         raise UsageError(f"image {args.image!r}: {e}") from None
     registry_settings = _registry_settings(args, settings)
     credentials = _credentials(ref, args.docker_config)
+    # The operator's chain with the user's own cloud identity (AWS profile or keys, GCP metadata on
+    # a CI runner, Azure workload identity): after the docker config's credentials.
+    cloud = CloudCredentials.from_settings(registry_settings)
     resolver = Resolver.from_settings(
         registry_settings,
         registries=_registries(args.registries, registry_settings),
         insecure=args.insecure_registry,
     )
-    # The operator's chain with the user's own cloud identity (AWS profile or keys, GCP metadata on
-    # a CI runner, Azure workload identity): after the docker config's credentials.
-    cloud = CloudCredentials.from_settings(registry_settings)
     answer = NO_CLOUD
     try:
         answer = await cloud.for_image(ref)

@@ -244,3 +244,15 @@ async def test_an_unexpected_error_is_a_failure_named_by_its_type() -> None:
     answer = await chain.for_image(GAR_IMAGE)
     assert answer == CloudAnswer(failure="GCP metadata server: unexpected KeyError")
     assert chain.requests == {("gcp", "error"): 1}
+
+
+def test_run_and_check_refuse_an_unknown_source(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from archaudit import app, cli
+
+    monkeypatch.setenv("ARCHAUDIT_REGISTRY_CLOUD_CREDENTIALS", "aws,alibaba")
+    assert app.main([]) == 2
+    assert "unknown cloud credential source(s) ['alibaba']" in capsys.readouterr().err
+    assert cli.main(["check", "ghcr.io/acme/api:1"]) == 2
+    assert "unknown cloud credential source(s) ['alibaba']" in capsys.readouterr().err
