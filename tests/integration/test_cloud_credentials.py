@@ -624,9 +624,24 @@ def _mirrors(clouds: Clouds, path: Path) -> Path:
     return path
 
 
+# `archaudit` in its own process, whose name lookups answer for loopback names only: should a mirror
+# fail, the fallback to a cloud registry's real name fails here, before any DNS packet leaves.
+_LOOPBACK_ONLY = """
+import runpy, socket, sys
+_lookup = socket.getaddrinfo
+def _loopback_only(host, *args, **kwargs):
+    if host not in ("127.0.0.1", "::1", "localhost", None):
+        raise socket.gaierror(socket.EAI_NONAME, f"test: no DNS for {host!r} (loopback only)")
+    return _lookup(host, *args, **kwargs)
+socket.getaddrinfo = _loopback_only
+sys.argv = ["archaudit", *sys.argv[1:]]
+runpy.run_module("archaudit", run_name="__main__")
+"""
+
+
 def _archaudit(args: Sequence[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "archaudit", *args],
+        [sys.executable, "-c", _LOOPBACK_ONLY, *args],
         capture_output=True,
         text=True,
         env=dict(env),
@@ -636,8 +651,6 @@ def _archaudit(args: Sequence[str], env: Mapping[str, str]) -> subprocess.Comple
 
 
 def test_check_uses_the_chain_with_the_users_environment(fakes: Clouds, tmp_path: Path) -> None:
-    # Only answers that succeed here: a mirror that failed would send this process, which has no
-    # test DNS, on to the cloud registry's real name.
     clouds = fakes
     env = _cli_env(clouds, tmp_path)
     registries = _mirrors(clouds, tmp_path / "registries.yaml")
