@@ -41,6 +41,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from archaudit.adapters.kube import KubeApi
 from tests.conftest import Seeded
 from tests.harness.cluster import Cluster, FakeNode
 from tests.harness.faultproxy import FaultProxy
@@ -234,12 +235,9 @@ def _items(api: Any, path: str, accept: str = "application/json", **query: str) 
 
 
 def _list_json(api: Any, path: str, accept: str = "application/json", **query: str) -> dict[str, Any]:
-    method, url, headers, _body, _post = api.param_serialize(
-        "GET", path, query_params=list(query.items()), header_params={"Accept": accept}
+    found: dict[str, Any] = KubeApi(api).request_now(
+        "GET", path, query=query, accept=accept, timeout=(3.05, 120)
     )
-    response = api.call_api(method, url, header_params=headers, _request_timeout=120)
-    response.read()
-    found: dict[str, Any] = json.loads(response.data)
     return found
 
 

@@ -8,7 +8,6 @@ changed" promise are all observed through the apiserver, as a user would see the
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from archaudit.adapters.kube import KubeApi
 from tests.conftest import Seeded
 from tests.harness.cluster import REPO, Cluster
 from tests.harness.kube import deployment_manifest, pod_manifest, wait_pods
@@ -86,12 +86,9 @@ def _wait_verdict(cluster: Cluster, op: Operator, namespace: str, name: str, ver
 
 def _table(cluster: Cluster, path: str) -> dict[str, Any]:
     """The list as `kubectl get` asks for it: a server-side Table with the CRD's printer columns."""
-    method, url, headers, _body, _post = cluster.admin.param_serialize(
-        "GET", path, header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
+    table: dict[str, Any] = KubeApi(cluster.admin).request_now(
+        "GET", path, accept="application/json;as=Table;v=v1;g=meta.k8s.io"
     )
-    response = cluster.admin.call_api(method, url, header_params=headers, _request_timeout=10)
-    response.read()
-    table: dict[str, Any] = json.loads(response.data)
     return table
 
 

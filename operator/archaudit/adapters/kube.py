@@ -62,28 +62,34 @@ class KubeApi:
         query: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | Sequence[Any] | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
+        timeout: tuple[float, float] = _TIMEOUT,
     ) -> Any:
-        """Blocking: one request, its JSON answer; ApiException for any status but 2xx."""
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        _method, url, headers, payload, _post = self.client.param_serialize(
-            method,
-            path,
-            query_params=list((query or {}).items()),
-            header_params=headers,
-            # a JSONPatch body is a list of operations
-            body=None if body is None else dict(body) if isinstance(body, Mapping) else list(body),
-            auth_settings=["BearerToken"],
-        )
-        response = self.client.call_api(
-            method, url, header_params=headers, body=payload, _request_timeout=_TIMEOUT
-        )
-        data: bytes = response.read() or b""  # type: ignore[no-untyped-call,unused-ignore]
+        """Blocking: one request, its JSON answer; ApiException for any status but 2xx.
+
+        Straight through the client's REST layer, which both generations of the generated client
+        share (36: `call_api(resource_path, ...)`, 37: `param_serialize` + `call_api(url, ...)`);
+        the client still brings the kubeconfig's TLS, client certificates and token refresh.
+        """
+        client = self.client
+        configuration = client.configuration
+        headers = {**client.default_headers, "Accept": accept, "Content-Type": content_type}
+        for auth in configuration.auth_settings().values():
+            if auth.get("in") == "header" and auth.get("value"):
+                headers[str(auth["key"])] = str(auth["value"])
+        url = configuration.host + path
+        if query:
+            url += "?" + urllib.parse.urlencode(list(query.items()))
+        payload = None if body is None else dict(body) if isinstance(body, Mapping) else list(body)
+        if method in ("GET", "HEAD"):
+            headers.pop("Content-Type")
+        response = client.rest_client.request(
+            method, url, headers=headers, body=payload, _request_timeout=timeout
+        )  # 36 raises ApiException itself for a status outside 2xx
+        data = response.data if isinstance(response.data, bytes) else response.read()
         if not 200 <= response.status <= 299:
-            text = data.decode("utf-8", "replace")
-            raise ApiException.from_response(http_resp=response, body=text, data=None)
-        return json.loads(data)
+            raise ApiException(http_resp=response)
+        return json.loads(data or b"null")
 
     async def request(self, method: str, path: str, **options: Any) -> Any:
         """`request_now` (same options) in a worker thread: the event loop answers reviews meanwhile."""
