@@ -110,6 +110,9 @@ def configure_logging(settings: config.LogSettings) -> None:
     # One access-log line per admission review costs more than the review itself at cluster scale.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("kopf").setLevel(max(logging.INFO, logging.getLevelName(settings.level.upper())))
+    # The kubernetes client logs every response body at DEBUG, Secrets (pull credentials, the
+    # webhook's keys) included: never, whatever the level (KubeApi logs request lines itself).
+    logging.getLogger("kubernetes.client.rest").setLevel(logging.INFO)
 
 
 # --- the webhook server: kopf's TLS server, answering with archaudit's admission ----------------------

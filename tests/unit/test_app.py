@@ -398,3 +398,24 @@ async def test_a_review_that_does_not_fit_in_memory_is_dropped_counted_and_the_s
     finally:
         await gen.aclose()
     assert dropped == ["memory"]
+
+
+def test_debug_logging_never_includes_the_kubernetes_clients_response_bodies() -> None:
+    """kubernetes.client.rest logs whole response bodies at DEBUG: Secrets with pull credentials."""
+    import logging
+
+    names = ("", "aiohttp.access", "kopf", "kubernetes.client.rest")
+    levels = {name: logging.getLogger(name).level for name in names}
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    try:
+        app.configure_logging(config.LogSettings(level="DEBUG"))
+        assert root.isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("kubernetes.client.rest").isEnabledFor(logging.DEBUG)
+    finally:  # leave logging as pytest set it up
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)

@@ -83,12 +83,19 @@ class KubeApi:
         payload = None if body is None else dict(body) if isinstance(body, Mapping) else list(body)
         if method in ("GET", "HEAD"):
             headers.pop("Content-Type")
-        response = client.rest_client.request(
-            method, url, headers=headers, body=payload, _request_timeout=timeout
-        )  # 36 raises ApiException itself for a status outside 2xx
-        data = response.data if isinstance(response.data, bytes) else response.read()
-        if not 200 <= response.status <= 299:
-            raise ApiException(http_resp=response)
+        try:
+            response = client.rest_client.request(
+                method, url, headers=headers, body=payload, _request_timeout=timeout
+            )  # 36 raises ApiException itself for a status outside 2xx
+            data = response.data if isinstance(response.data, bytes) else response.read()
+            if not 200 <= response.status <= 299:
+                raise ApiException(http_resp=response)
+        except ApiException as e:
+            log.debug('"%s %s" %s', method, path, e.status)
+            raise
+        # The request line and status only: bodies hold Secrets (the client's own DEBUG line for
+        # response bodies is silenced in configure_logging).
+        log.debug('"%s %s" %s', method, path, response.status)
         return json.loads(data or b"null")
 
     async def request(self, method: str, path: str, **options: Any) -> Any:
