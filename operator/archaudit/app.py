@@ -106,7 +106,11 @@ def configure_logging(settings: config.LogSettings) -> None:
     logging.basicConfig(level=settings.level.upper(), handlers=[handler], force=True)
     # One access-log line per admission review costs more than the review itself at cluster scale.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("kopf").setLevel(max(logging.INFO, logging.getLevelName(settings.level.upper())))
+    level = logging.getLevelName(settings.level.upper())
+    logging.getLogger("kopf").setLevel(max(logging.INFO, level))
+    # kopf says only at DEBUG when a watch starts, stops or relists after a 410 Gone: a few lines an
+    # hour, and the one way to see from the log that a watch came back after an etcd compaction.
+    logging.getLogger("kopf._cogs.clients.watching").setLevel(level)
 
 
 # --- the webhook server: kopf's TLS server, answering with archaudit's admission ----------------------
