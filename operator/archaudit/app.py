@@ -13,11 +13,13 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import random
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -142,6 +144,49 @@ class WebhookServer(kopf.WebhookServer):
         self.mutate = mutate
         self.on_drop = on_drop  # a review not judged for want of memory (metrics count it)
         self.listening = asyncio.Event()
+        self._context: ssl.SSLContext | None = None  # the one the listening socket hands out
+        self._files_digest = ""
+
+    def _build_ssl(self) -> tuple[bytes | None, ssl.SSLContext | None]:
+        cadata, context = super()._build_ssl()
+        self._context = context
+        self._files_digest = self._digest()
+        return cadata, context
+
+    def reload(self) -> None:
+        """Serve the certificate files as they are now, without closing the port.
+
+        The listening socket keeps its SSLContext; a chain loaded into it is what the next handshakes
+        get, while open connections keep theirs. (kopf's own answer to changed files is to stop the
+        server and start it again: connections refused meanwhile, admitted unchecked.)
+        """
+        if self._context is None or self.certfile is None or self.pkeyfile is None:
+            return
+        self._context.load_cert_chain(self.certfile, self.pkeyfile, self.password)
+        self._files_digest = self._digest()
+
+    def _digest(self) -> str:
+        hasher = hashlib.sha256()
+        for path in (self.certfile, self.pkeyfile):
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    hasher.update(Path(path).read_bytes())
+        return hasher.hexdigest()
+
+    async def _WebhookServer__sleep_forever_or_until_ssl_files_change(self) -> None:  # noqa: N802
+        # kopf's (name-mangled) wait between its restarts of the server: it returns when the files
+        # change, and kopf then closes the port to open it again. Here the files (a Secret mounted by
+        # the kubelet, cert-manager's renewals) are reloaded in place instead, and this never returns.
+        while True:
+            await asyncio.sleep(self.file_check_interval)
+            if self._digest() == self._files_digest:
+                continue
+            try:
+                self.reload()
+                log.info("webhook certificate reloaded from %s", self.certfile)
+            except (OSError, ssl.SSLError) as e:  # a key and certificate caught mid-update: next time
+                log.warning("cannot load the changed webhook certificate files yet: %s", e)
+
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         # kopf types WebhookFn with its TypedDicts; ours takes the same parsed JSON as plain mappings.
