@@ -304,6 +304,11 @@ class Cluster:
         with self._open(self.server + path, pair=pair, timeout=timeout) as resp:
             return json.loads(resp.read())
 
+    def text(self, path: str, *, timeout: float = 10.0) -> str:
+        """GET an apiserver path as admin, as text (`/metrics`)."""
+        with self._open(self.server + path, timeout=timeout) as resp:
+            return str(resp.read().decode())
+
     def issue_client_cert(self, user: str, groups: Sequence[str] = ()) -> KeyPair:
         """A client certificate the apiserver authenticates as `user` in `groups` (one O per group)."""
         if self._ca is None:
