@@ -378,6 +378,27 @@ class Cluster:
         wait_until(lambda: self._ok("/readyz"), timeout=timeout, what="kube-apiserver /readyz", service=svc)
         return time.monotonic()
 
+    def restart_controllers(self, *, timeout: float = COMPONENT_READY_SECONDS) -> None:
+        """Stop and start kube-controller-manager, kube-scheduler and kwok, and wait for their healthz.
+
+        After kube-apiserver restarts twice within two minutes (two fault cases in a row), their
+        client-go reflectors have backed off as far as 30 s (doubled by jitter) on the 403s a restarting
+        apiserver answers, and keep those steps: new namespaces wait a minute for a ServiceAccount.
+        Fresh processes list and watch at once, as after a reboot.
+        """
+        urls = {
+            "kube-controller-manager": f"https://127.0.0.1:{self.ports.controller_manager}/healthz",
+            "kube-scheduler": f"https://127.0.0.1:{self.ports.scheduler}/healthz",
+            "kwok": f"http://127.0.0.1:{self.ports.kwok}/healthz",
+        }
+        for name in urls:
+            self.service(name).stop()
+        for name, url in urls.items():
+            svc = self.service(name).start()
+            wait_until(
+                functools.partial(self._url_ok, url), timeout=timeout, what=f"{name} {url}", service=svc
+            )
+
     @property
     def etcd_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.etcd}"
