@@ -472,3 +472,11 @@ async def test_a_new_certificate_is_served_without_closing_the_port(tmp_path: Pa
         with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
             await serving
         await gen.aclose()
+
+
+def test_certificate_lifetimes_that_cannot_work_stop_the_start(capsys: pytest.CaptureFixture[str]) -> None:
+    # Renewed earlier than it lives: every check would renew it again.
+    assert (
+        app.main(["--webhook-cert-validity-seconds", "60", "--webhook-cert-renew-before-seconds", "60"]) == 2
+    )
+    assert "renew_before < cert validity" in capsys.readouterr().err
