@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import random
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -109,7 +112,11 @@ def configure_logging(settings: config.LogSettings) -> None:
     logging.basicConfig(level=settings.level.upper(), handlers=[handler], force=True)
     # One access-log line per admission review costs more than the review itself at cluster scale.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("kopf").setLevel(max(logging.INFO, logging.getLevelName(settings.level.upper())))
+    level = logging.getLevelName(settings.level.upper())
+    logging.getLogger("kopf").setLevel(max(logging.INFO, level))
+    # kopf says only at DEBUG when a watch starts, stops or relists after a 410 Gone: a few lines an
+    # hour, and the one way to see from the log that a watch came back after an etcd compaction.
+    logging.getLogger("kopf._cogs.clients.watching").setLevel(level)
     # The kubernetes client logs every response body at DEBUG, Secrets (pull credentials, the
     # webhook's keys) included: never, whatever the level (KubeApi logs request lines itself).
     logging.getLogger("kubernetes.client.rest").setLevel(logging.INFO)
@@ -144,6 +151,48 @@ class WebhookServer(kopf.WebhookServer):
         self.mutate = mutate
         self.on_drop = on_drop  # a review not judged for want of memory (metrics count it)
         self.listening = asyncio.Event()
+        self._context: ssl.SSLContext | None = None  # the one the listening socket hands out
+        self._files_digest = ""
+
+    def _build_ssl(self) -> tuple[bytes | None, ssl.SSLContext | None]:
+        cadata, context = super()._build_ssl()
+        self._context = context
+        self._files_digest = self._digest()
+        return cadata, context
+
+    def reload(self) -> None:
+        """Serve the certificate files as they are now, without closing the port.
+
+        The listening socket keeps its SSLContext; a chain loaded into it is what the next handshakes
+        get, while open connections keep theirs. (kopf's own answer to changed files is to stop the
+        server and start it again: connections refused meanwhile, admitted unchecked.)
+        """
+        if self._context is None or self.certfile is None or self.pkeyfile is None:
+            return
+        self._context.load_cert_chain(self.certfile, self.pkeyfile, self.password)
+        self._files_digest = self._digest()
+
+    def _digest(self) -> str:
+        hasher = hashlib.sha256()
+        for path in (self.certfile, self.pkeyfile):
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    hasher.update(Path(path).read_bytes())
+        return hasher.hexdigest()
+
+    async def _WebhookServer__sleep_forever_or_until_ssl_files_change(self) -> None:  # noqa: N802
+        # kopf's (name-mangled) wait between its restarts of the server: it returns when the files
+        # change, and kopf then closes the port to open it again. Here the files (a Secret mounted by
+        # the kubelet, cert-manager's renewals) are reloaded in place instead, and this never returns.
+        while True:
+            await asyncio.sleep(self.file_check_interval)
+            if self._digest() == self._files_digest:
+                continue
+            try:
+                self.reload()
+                log.info("webhook certificate reloaded from %s", self.certfile)
+            except (OSError, ssl.SSLError) as e:  # a key and certificate caught mid-update: next time
+                log.warning("cannot load the changed webhook certificate files yet: %s", e)
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         # kopf types WebhookFn with its TypedDicts; ours takes the same parsed JSON as plain mappings.
@@ -497,9 +546,15 @@ async def _webhook_server(rt: Runtime) -> WebhookServer:
         raise SystemExit(f"webhook.tls_mode must be 'self' or 'files', not {ws.tls_mode!r}")
     namespace = rt.settings.cluster.namespace
     hosts = certs.dns_names(ws.service_name, namespace) + list(ws.extra_sans)
-    material = await certs.ensure_secret(rt.api, namespace=namespace, name=ws.tls_secret, hosts=hosts)
+    lifetimes = lifetimes_of(ws)
+    published = await _published_ca(rt.api, ws.configuration_name)
+    material = await certs.ensure_secret(
+        rt.api, namespace=namespace, name=ws.tls_secret, hosts=hosts, lifetimes=lifetimes, published=published
+    )
     cert, key, _ca = certs.write_files(material, Path(ws.cert_dir))
-    rt.tasks.append(asyncio.create_task(_keep_ca_bundle(rt, material), name="ca-bundle"))
+    rt.tasks.append(
+        asyncio.create_task(_keep_certificate(rt, material, hosts, lifetimes), name="webhook-certificate")
+    )
     rt.ctx.certificate_loaded.set()
     return WebhookServer(
         admit=admit,
@@ -558,31 +613,84 @@ async def _keep_cluster_state(rt: Runtime) -> None:
             await resync_cluster_state(rt.api, rt.ctx)
 
 
-async def _keep_ca_bundle(rt: Runtime, material: certs.TLSMaterial) -> None:
-    """Patch our caBundle into the webhook configuration, and again whenever someone resets it."""
-    name = rt.settings.webhook.configuration_name
+def lifetimes_of(ws: config.WebhookSettings) -> certs.Lifetimes:
+    """The self-made certificates' lifetimes; ValueError when they cannot work together."""
+    return certs.Lifetimes.of_seconds(
+        ws.cert_validity_seconds, ws.cert_renew_before_seconds, ws.ca_validity_seconds
+    )
+
+
+async def _published_ca(api: kube.KubeApi, name: str) -> bytes | None:
+    """The CA PEM the apiserver trusts for our validating webhooks (None: no configuration yet)."""
+    found = await api.read_webhook_configuration(name)
+    if found is None:
+        return None
+    bundles = [h.get("clientConfig", {}).get("caBundle") or "" for h in found.get("webhooks") or []]
+    try:
+        return b"".join(dict.fromkeys(base64.b64decode(b) for b in bundles))
+    except ValueError:
+        return b""
+
+
+async def _keep_certificate(
+    rt: Runtime, material: certs.TLSMaterial, hosts: list[str], lifetimes: certs.Lifetimes
+) -> None:
+    """Renew the serving certificate and the CA without a gap, and keep our caBundle published.
+
+    Every replica, every `lifetimes.check_every`: read the Secret; write the next rotation step when
+    one is due (certs.next_material; a conditional write, so one replica wins); serve what the Secret
+    holds (files rewritten, the live TLS context reloaded) and patch its caBundle into the webhook
+    configurations, again whenever someone resets it (a helm upgrade does).
+    """
+    ws = rt.settings.webhook
+    namespace, name = rt.settings.cluster.namespace, ws.configuration_name
+    served = material
     retry = _CA_BUNDLE_FIRST_RETRY
     while not rt.stop.is_set():
         patched = False
         try:
-            patched = await rt.api.patch_webhook_ca_bundle(name, material.ca_bundle)
+            published = await _published_ca(rt.api, name)
+            current, version = await certs.read_secret(rt.api, namespace=namespace, name=ws.tls_secret)
+            step = certs.next_material(current, hosts, lifetimes=lifetimes, published=published)
+            if step is not None:
+                fresh, what = step
+                stored = await certs.store(
+                    rt.api, namespace=namespace, name=ws.tls_secret, material=fresh, resource_version=version
+                )
+                if stored:
+                    log.info("webhook certificate in Secret %s/%s: %s", namespace, ws.tls_secret, what)
+                current = fresh if stored else None  # lost the race: the winner's is read next round
+            if current is not None and current != served:
+                _serve(rt, current, served)
+                served = current
+            patched = await rt.api.patch_webhook_ca_bundle(name, served.ca_bundle)
             if not patched:
                 log.warning("ValidatingWebhookConfiguration %s not found; retrying in %.0fs", name, retry)
         except Exception as e:
-            log.warning("cannot patch the caBundle of %s: %s", name, e)
+            log.warning("cannot renew the webhook certificate or patch the caBundle of %s: %s", name, e)
         try:
             # The placement webhook is optional in the chart: its absence is no warning.
-            await rt.api.patch_webhook_ca_bundle(name, material.ca_bundle, mutating=True)
+            await rt.api.patch_webhook_ca_bundle(name, served.ca_bundle, mutating=True)
         except Exception as e:
             log.warning("cannot patch the caBundle of MutatingWebhookConfiguration %s: %s", name, e)
         # Until the configuration exists and carries our CA (helm may create it after this pod starts),
         # look again soon: meanwhile the apiserver cannot call us and admits everything unchecked.
-        wait, retry = (_CA_BUNDLE_EVERY, _CA_BUNDLE_FIRST_RETRY) if patched else (retry, min(retry * 2, 60.0))
+        every = lifetimes.check_every
+        wait, retry = (
+            (every, _CA_BUNDLE_FIRST_RETRY) if patched else (min(retry, every), min(retry * 2, 60.0))
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(rt.stop.wait(), timeout=wait)
 
 
-_CA_BUNDLE_EVERY = 60.0  # re-patch this often: someone may reset the caBundle (a helm upgrade does)
+def _serve(rt: Runtime, current: certs.TLSMaterial, served: certs.TLSMaterial) -> None:
+    """Write the Secret's material for the server and load a changed certificate into it."""
+    certs.write_files(current, Path(rt.settings.webhook.cert_dir))
+    if (current.cert_pem, current.key_pem) != (served.cert_pem, served.key_pem) and rt.server is not None:
+        rt.server.reload()
+        log.info("serving the webhook certificate valid until %s", certs.not_after(current.cert_pem))
+
+
 _CA_BUNDLE_FIRST_RETRY = 1.0  # then 2, 4, ... 60 s while the configuration is missing
 
 
@@ -661,6 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         cloud_providers(settings.registry.cloud_credentials)
+        lifetimes_of(settings.webhook)
     except ValueError as e:
         print(f"archaudit run: {e}", file=sys.stderr)
         return 2

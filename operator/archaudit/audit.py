@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import sys
@@ -628,7 +629,7 @@ class Auditor:
             targets=targets,
             replicas=replicas,
             requests=requests,
-            fixes={img: finder.known(img) for img in image_results} if finder is not None else None,
+            fixes=_fixes(finder, image_results, previous) if finder is not None else None,
         )
         self.contributions[key] = _Contribution(
             namespace,
@@ -653,6 +654,10 @@ class Auditor:
         )
         if unchanged and fresh:
             return
+        if previous is not None and not unchanged and log.isEnabledFor(logging.DEBUG):
+            written: Mapping[str, Any] = audit.status
+            changed = sorted(k for k, v in written.items() if k != "lastChecked" and previous.get(k) != v)
+            log.debug("ImageAudit %s/%s written again: %s changed", namespace, name, ", ".join(changed))
         if previous is None or not await store.patch_status(namespace, name, audit.status):
             await store.create_audit(reports.object_body(workload))
             if not await store.patch_status(namespace, name, audit.status):
@@ -772,6 +777,20 @@ class Auditor:
         if self._store is None:
             self._store = self.store_factory(ctx)
         return self._store
+
+
+def _fixes(
+    finder: TagFinder, images: Iterable[str], previous: Mapping[str, Any] | None
+) -> dict[str, dict[str, str]]:
+    """image -> platform -> fixing tag: the finder's answers, the stored report's where it has none."""
+    return {
+        image: reports.reported_fixes(
+            finder.known(image),
+            reports.stored_fixes(previous, image),
+            functools.partial(finder.searched, image),
+        )
+        for image in images
+    }
 
 
 def _api_of(ctx: Context) -> KubeApi:

@@ -7,6 +7,8 @@ Both replicas serve the webhook; the holder of the Lease audits. What users noti
   created after the kill get their reports;
 - no report is written twice and no Event is posted twice: the reports of pods from before the kill
   keep their resourceVersion through the takeover, and every incompatible pod has one auditor Event.
+  Their image has a fixing tag (1.0 is amd64 only, 1.2 adds arm64), named in every report before the
+  kill: the new leader's tag finder has searched nothing yet, and must not take that for news.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tests.harness.cluster import Cluster
 from tests.harness.kube import create_namespace, pod_manifest
 from tests.harness.operator import Operator, ensure_namespace, install_imageaudit_crd
 from tests.harness.procs import wait_until
+from tests.harness.registry import push_image, push_index
 
 CLUSTER_NAMESPACE = "archaudit-faults-leader"  # the replicas' own Lease and webhook Secret
 LEASE = "archaudit-auditor"
@@ -106,7 +109,23 @@ def _ca(op: Operator) -> Path:
     return Path(op.service.env["ARCHAUDIT_WEBHOOK_CERT_DIR"]) / "ca.crt"
 
 
-@pytest.mark.long  # 30 s, and once (of 2 runs on the merged main) rewrote the 5 pre-kill reports
+def _fixable_image(registry: Seeded) -> str:
+    """`<repo>:1.0` (amd64 only) in a repository whose 1.2 provides arm64 too: a fix to name."""
+    pusher = registry.registry.pusher()
+    repo = f"leader-kill-{uuid.uuid4().hex[:6]}/api"
+    push_image(pusher, repo, "linux", "amd64", tag="1.0")
+    kids = [push_image(pusher, repo, "linux", "amd64"), push_image(pusher, repo, "linux", "arm64")]
+    push_index(pusher, repo, [k.descriptor() for k in kids], tag="1.2")
+    return registry.registry.ref(repo, "1.0")
+
+
+def _rewrites_logged(op: Operator) -> list[str]:
+    """What the operator said changed when it wrote a report again (its DEBUG line)."""
+    lines = op.service.log_path.read_text(errors="replace").splitlines()
+    return [line.split(": ", 1)[-1] for line in lines if "written again" in line]
+
+
+@pytest.mark.long  # 35 s of load; `make faults` runs it
 def test_leader_sigkilled_under_load(
     cluster: Cluster, plain_registry: Seeded, replicas: list[Operator]
 ) -> None:
@@ -114,7 +133,7 @@ def test_leader_sigkilled_under_load(
     create_namespace(cluster.admin, namespace, labels={"archaudit.io/mode": "warn"})
     enforce = f"leader-enforce-{uuid.uuid4().hex[:6]}"
     create_namespace(cluster.admin, enforce)
-    amd64_only = plain_registry.samples["amd64-docker"].reference
+    amd64_only = _fixable_image(plain_registry)
     holder = wait_until(lambda: _holder(cluster), timeout=60, what="a replica to hold the Lease")
     (leader,) = [op for op in replicas if str(holder).endswith(f"-{_pid(op)}")]
     (survivor,) = [op for op in replicas if op is not leader]
@@ -139,6 +158,19 @@ def test_leader_sigkilled_under_load(
             wait_until(
                 lambda n=name: _report(cluster, namespace, f"pod-{n}"), timeout=60, what=f"report pod-{name}"
             )  # type: ignore[misc]
+        # The old leader's tag finder has found the fix by now: every report names it.
+        for name in before:
+            wait_until(
+                lambda n=name: (
+                    (_report(cluster, namespace, f"pod-{n}") or {})  # type: ignore[misc]
+                    .get("status", {})
+                    .get("containers", [{}])[0]
+                    .get("fixes")
+                    == {"linux/arm64": "1.2"}
+                ),
+                timeout=60,
+                what=f"report pod-{name} to name the fixing tag",
+            )
         versions = {n: _report(cluster, namespace, f"pod-{n}")["metadata"]["resourceVersion"] for n in before}  # type: ignore[index]
         killed = time.monotonic()
         os.killpg(_pid(leader), signal.SIGKILL)  # no clean-up: the Lease is left to expire
@@ -188,5 +220,5 @@ def test_leader_sigkilled_under_load(
         ).line()
     )
     assert figures["failed"] == figures["over_deadline"] == figures["wrong"] == 0, figures
-    assert not rewritten, rewritten
+    assert not rewritten, (rewritten, _rewrites_logged(survivor), _rewrites_logged(leader))
     assert all(events.get(n) == 1 for n in pods.created), events

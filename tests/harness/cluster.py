@@ -12,6 +12,7 @@ Every process goes through `tests.harness.procs.Service` (own log file, own proc
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import functools
@@ -158,6 +159,10 @@ FAKE_NODES: tuple[FakeNode, ...] = (
 )
 
 
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode("ascii")
+
+
 def find_bin_dir() -> Path:
     """The directory with the pinned binaries: $ARCHAUDIT_BIN_DIR, else what the build script prints.
 
@@ -299,6 +304,11 @@ class Cluster:
         with self._open(self.server + path, pair=pair, timeout=timeout) as resp:
             return json.loads(resp.read())
 
+    def text(self, path: str, *, timeout: float = 10.0) -> str:
+        """GET an apiserver path as admin, as text (`/metrics`)."""
+        with self._open(self.server + path, timeout=timeout) as resp:
+            return str(resp.read().decode())
+
     def issue_client_cert(self, user: str, groups: Sequence[str] = ()) -> KeyPair:
         """A client certificate the apiserver authenticates as `user` in `groups` (one O per group)."""
         if self._ca is None:
@@ -367,6 +377,74 @@ class Cluster:
         svc.start()
         wait_until(lambda: self._ok("/readyz"), timeout=timeout, what="kube-apiserver /readyz", service=svc)
         return time.monotonic()
+
+    def restart_controllers(self, *, timeout: float = COMPONENT_READY_SECONDS) -> None:
+        """Stop and start kube-controller-manager, kube-scheduler and kwok, and wait for their healthz.
+
+        After kube-apiserver restarts twice within two minutes (two fault cases in a row), their
+        client-go reflectors have backed off as far as 30 s (doubled by jitter) on the 403s a restarting
+        apiserver answers, and keep those steps: new namespaces wait a minute for a ServiceAccount.
+        Fresh processes list and watch at once, as after a reboot.
+        """
+        urls = {
+            "kube-controller-manager": f"https://127.0.0.1:{self.ports.controller_manager}/healthz",
+            "kube-scheduler": f"https://127.0.0.1:{self.ports.scheduler}/healthz",
+            "kwok": f"http://127.0.0.1:{self.ports.kwok}/healthz",
+        }
+        for name in urls:
+            self.service(name).stop()
+        for name, url in urls.items():
+            svc = self.service(name).start()
+            wait_until(
+                functools.partial(self._url_ok, url), timeout=timeout, what=f"{name} {url}", service=svc
+            )
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.etcd}"
+
+    def etcd(self, call: str, body: Mapping[str, Any]) -> Any:
+        """One call of etcd's v3 API through its JSON gateway on the client URL (`kv/put`, `kv/range`,
+        `kv/compaction`, ...): what etcdctl does, without building etcdctl. Keys and values are base64,
+        int64 fields decimal strings, as the gateway's JSON mapping of the protobuf says."""
+        request = urllib.request.Request(
+            f"{self.etcd_url}/v3/{call}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with self._open_request(request, timeout=30.0) as resp:
+            return json.loads(resp.read())
+
+    def etcd_revision(self) -> int:
+        """etcd's current revision (what the next compaction can go up to)."""
+        return int(self.etcd("kv/range", {"key": _b64("/")})["header"]["revision"])
+
+    def compact_etcd(self, revision: int) -> None:
+        """Compact etcd's history up to `revision`, physically: a watch or read from before it gets
+        `410 Gone` from kube-apiserver (etcd: "required revision has been compacted")."""
+        self.etcd("kv/compaction", {"revision": str(revision), "physical": True})
+
+    def etcd_writes(self, key: str, *, since: int) -> list[tuple[int, bytes]]:
+        """The writes of `key` after revision `since` (not compacted away), oldest first: (revision, value).
+
+        Walks back from the newest value through each previous one (a range read at the revision just
+        before a write gives the value it replaced). A deletion ends the walk.
+        """
+        writes: list[tuple[int, bytes]] = []
+        at: int | None = None
+        while True:
+            body: dict[str, Any] = {"key": _b64(key)}
+            if at is not None:
+                body["revision"] = str(at)
+            kvs = self.etcd("kv/range", body).get("kvs") or []
+            if not kvs:
+                break
+            modified = int(kvs[0]["mod_revision"])
+            if modified <= since:
+                break
+            writes.append((modified, base64.b64decode(kvs[0].get("value", ""))))
+            at = modified - 1
+        return writes[::-1]
 
     def detach(self) -> dict[str, int]:
         """Leave the processes running after this Python process exits; return their pids by name."""
@@ -598,6 +676,12 @@ class Cluster:
             handlers.append(urllib.request.HTTPSHandler(context=self._ssl_context(pair)))
         opener = urllib.request.build_opener(*handlers)
         with opener.open(url, timeout=timeout) as resp:
+            yield resp
+
+    @contextlib.contextmanager
+    def _open_request(self, request: urllib.request.Request, *, timeout: float) -> Iterator[Any]:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request, timeout=timeout) as resp:
             yield resp
 
     def _plain_json(self, url: str) -> Any:

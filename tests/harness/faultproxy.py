@@ -94,7 +94,10 @@ class FaultProxy:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         app.on_cleanup.append(self._close)
-        self._server = BackgroundApp(app, "fault-proxy")
+        # A request whose client hung up stops counting as in flight at once (its handler is cancelled
+        # on the connection's loss): counted until a later look at the connection, a client that hands
+        # the slot of an abandoned request to the next one would seem to exceed its concurrency cap.
+        self._server = BackgroundApp(app, "fault-proxy", handler_cancellation=True)
 
     # -- control (from the test thread)
 
@@ -161,6 +164,13 @@ class FaultProxy:
             await self._delay(request)
             mode = self._fault_now(request)
             response = await self._respond(request, mode)
+        except asyncio.CancelledError:
+            # The client hung up first; still a request the registry got (499: nginx's "client closed").
+            with self._lock:
+                self.seen.append(
+                    Seen(request.method, request.path_qs, 499, "Authorization" in request.headers)
+                )
+            raise
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -173,14 +183,11 @@ class FaultProxy:
     async def _delay(self, request: web.Request) -> None:
         with self._lock:
             delay = self.latency if self.mode == "latency" else 0.0
-        # The misbehaviour itself (one slow round trip per request), not synchronisation. It ends early
-        # when the client hangs up, as a Go registry cancels a request whose client went away: requests
-        # a client abandoned at its deadline do not count as in flight.
-        end = asyncio.get_running_loop().time() + delay
-        while (left := end - asyncio.get_running_loop().time()) > 0:
-            if request.transport is None or request.transport.is_closing():
-                return
-            await asyncio.sleep(min(left, 0.05))
+        # The misbehaviour itself (one slow round trip per request), not synchronisation. It ends when
+        # the client hangs up (the handler is cancelled), as a Go registry cancels a request whose client
+        # went away: requests a client abandoned at its deadline do not count as in flight.
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def _respond(self, request: web.Request, mode: str) -> web.StreamResponse:
         if mode == "down":

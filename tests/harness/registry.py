@@ -78,11 +78,16 @@ def _b64url(data: bytes) -> str:
 
 
 class BackgroundApp:
-    """Runs an aiohttp Application on 127.0.0.1:<free port> in its own thread and event loop."""
+    """Runs an aiohttp Application on 127.0.0.1:<free port> in its own thread and event loop.
 
-    def __init__(self, app: web.Application, name: str) -> None:
+    `handler_cancellation`: a handler is cancelled the moment its client hangs up (aiohttp's option),
+    instead of running on until it next looks at the connection.
+    """
+
+    def __init__(self, app: web.Application, name: str, *, handler_cancellation: bool = False) -> None:
         self.app = app
         self.name = name
+        self.handler_cancellation = handler_cancellation
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -109,7 +114,9 @@ class BackgroundApp:
         loop.close()
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handler_cancellation=self.handler_cancellation
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -419,3 +420,84 @@ def test_debug_logging_never_includes_the_kubernetes_clients_response_bodies() -
             root.addHandler(handler)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+async def test_a_new_certificate_is_served_without_closing_the_port(tmp_path: Path) -> None:
+    """Self-TLS rotation and changed files (cert-manager) load into the live TLS context: new
+    handshakes get the new chain while open connections carry on (kopf itself would restart the
+    server: the port closed meanwhile, and every open connection cut)."""
+    from archaudit.adapters import certs
+
+    async def fn(data: Any, **_: Any) -> Any:
+        return {"response": {"uid": data["request"]["uid"], "allowed": True}}
+
+    first = certs.issue(["127.0.0.1"])
+    cert, key, _ca = certs.write_files(first, tmp_path)
+    server = app.WebhookServer(
+        admit=fn,
+        addr="127.0.0.1",
+        port=0,
+        path="/validate",
+        certfile=str(cert),
+        pkeyfile=str(key),
+        file_check_interval=0.05,
+    )
+    gen = server(kopf_engine_never_called)
+    url = (await gen.__anext__())["url"]
+    # Resumed at once, as kopf's admission engine does: the server then waits for changed files.
+    serving = asyncio.ensure_future(gen.__anext__())
+
+    contexts: dict[bytes, ssl.SSLContext] = {}
+
+    def trusting(material: certs.TLSMaterial) -> ssl.SSLContext:
+        # One context per CA: aiohttp pools connections by it, so the kept connection is reused.
+        found = contexts.get(material.ca_pem)
+        if found is None:
+            found = contexts[material.ca_pem] = ssl.create_default_context(cadata=material.ca_pem.decode())
+        return found
+
+    async def answered(session: aiohttp.ClientSession, material: certs.TLSMaterial) -> bool:
+        try:
+            async with session.post(f"{url}/pods", json=review(), ssl=trusting(material)) as resp:
+                return resp.status == 200
+        except aiohttp.ClientConnectorCertificateError:
+            return False
+
+    try:
+        async with aiohttp.ClientSession() as kept:  # one keep-alive connection through it all
+            assert await answered(kept, first)
+            second = certs.issue(["127.0.0.1"])
+            certs.write_files(second, tmp_path)
+            server.reload()  # what the rotation loop does after writing the files
+            async with aiohttp.ClientSession() as fresh:
+                assert await answered(fresh, second)
+            async with aiohttp.ClientSession() as stale:
+                assert not await answered(stale, first)  # a new handshake gets the new chain only
+            third = certs.issue(["127.0.0.1"])
+            certs.write_files(third, tmp_path)  # no reload call: the file check notices
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                async with aiohttp.ClientSession() as fresh:
+                    if await answered(fresh, third):
+                        break
+                assert asyncio.get_running_loop().time() < deadline, "changed files never served"
+                await asyncio.sleep(0.05)  # poll interval of a bounded wait
+            # Still the first connection: had the server restarted, this would need a new handshake,
+            # which the first CA no longer passes.
+            assert await answered(kept, first)
+            assert kept.connector is not None
+            assert len(kept.connector._conns) == 1  # type: ignore[attr-defined]
+            assert not serving.done()  # kopf's loop never came round to restart the server
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+            await serving
+        await gen.aclose()
+
+
+def test_certificate_lifetimes_that_cannot_work_stop_the_start(capsys: pytest.CaptureFixture[str]) -> None:
+    # Renewed earlier than it lives: every check would renew it again.
+    assert (
+        app.main(["--webhook-cert-validity-seconds", "60", "--webhook-cert-renew-before-seconds", "60"]) == 2
+    )
+    assert "renew_before < cert validity" in capsys.readouterr().err

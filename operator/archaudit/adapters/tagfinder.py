@@ -93,8 +93,9 @@ class TagFinder:
     clock: Callable[[], float] = time.monotonic
     stats: FinderStats = field(default_factory=FinderStats)
     _lists: dict[tuple[str, str], tuple[float, tuple[str, ...] | None]] = field(default_factory=dict)
-    # image -> platform -> (when, tag or None): indexed by image, since every audit reads one image's
-    _answers: dict[str, dict[str, tuple[float, str | None]]] = field(default_factory=dict)
+    # image -> platform -> (when, tag or None, whether the tags could be listed): indexed by image,
+    # since every audit reads one image's
+    _answers: dict[str, dict[str, tuple[float, str | None, bool]]] = field(default_factory=dict)
     _queued: set[tuple[str, str]] = field(default_factory=set)
     _queue: asyncio.Queue[_Job] = field(default_factory=lambda: asyncio.Queue(_MAX_QUEUE))
 
@@ -105,8 +106,19 @@ class TagFinder:
         now = self.clock()
         answers = self._answers.get(image) or {}
         return {
-            p: tag for p, (at, tag) in answers.items() if tag is not None and now - at < self.period_seconds
+            p: tag
+            for p, (at, tag, _) in answers.items()
+            if tag is not None and now - at < self.period_seconds
         }
+
+    def searched(self, image: str, platform: str) -> bool:
+        """Whether this finder has looked through the tags for `platform` of `image` within the period.
+
+        Until it has (a new leader, a restarted operator, a registry that would not list), "no fixing
+        tag known" is no news: the auditor keeps what the stored report says (reports.reported_fixes).
+        """
+        at, _tag, listed = (self._answers.get(image) or {}).get(platform, (-float("inf"), None, False))
+        return listed and self.clock() - at < self.period_seconds
 
     def want(
         self,
@@ -123,7 +135,7 @@ class TagFinder:
             p
             for p in platforms
             if (image, p) not in self._queued
-            and now - answers.get(p, (-float("inf"), None))[0] >= self.period_seconds
+            and now - answers.get(p, (-float("inf"), None, False))[0] >= self.period_seconds
         )
         if not due:
             return
@@ -177,8 +189,8 @@ class TagFinder:
                 self.stats.searches += 1
             answers = self._answers.pop(job.image, {})  # re-inserted: the newest are kept longest
             self._answers[job.image] = answers
-            before = answers.get(platform, (0.0, None))[1]
-            answers[platform] = (now, tag)
+            before = answers.get(platform, (0.0, None, False))[1]
+            answers[platform] = (now, tag, listed is not None)
             changed = changed or tag != before
         _bound(self._answers, _MAX_IMAGES)
         _bound(self._lists, _MAX_IMAGES)

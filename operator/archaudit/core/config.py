@@ -81,6 +81,12 @@ class WebhookSettings:
     extra_sans: tuple[str, ...] = ()  # more SANs for it, e.g. 127.0.0.1 when the apiserver calls a url:
     cert_dir: str = "/tmp/archaudit-tls"  # where the self-managed certificate is written for the server
     configuration_name: str = "archaudit"  # ValidatingWebhookConfiguration whose caBundle we patch
+    # tls_mode self: the serving certificate lives this long and is renewed this long before it expires,
+    # signed by the same CA (the caBundle stays); the CA is renewed as early, in steps that keep every
+    # caller trusting what is served (adapters/certs.py).
+    cert_validity_seconds: float = 365 * 86400.0
+    cert_renew_before_seconds: float = 30 * 86400.0
+    ca_validity_seconds: float = 3650 * 86400.0
     # Below the ValidatingWebhookConfiguration's timeoutSeconds (5 by default), so that we answer
     # (fail-open, with a warning) before the apiserver gives up on us.
     deadline_seconds: float = 3.5

@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -634,6 +634,31 @@ def _conditions(
             }
         )
     return out
+
+
+def stored_fixes(previous: Mapping[str, Any] | None, image: str) -> dict[str, str]:
+    """The fixing tags a stored report names for `image` (platform -> tag)."""
+    found: dict[str, str] = {}
+    for entry in (previous or {}).get("containers") or ():
+        if isinstance(entry, Mapping) and entry.get("image") == _clip(image, _IMAGE_BYTES):
+            fixes = entry.get("fixes")
+            if isinstance(fixes, Mapping):
+                found.update({str(p): str(t) for p, t in fixes.items()})
+    return found
+
+
+def reported_fixes(
+    found: Mapping[str, str], stored: Mapping[str, str], searched: Callable[[str], bool]
+) -> dict[str, str]:
+    """The fixing tags to report for an image: the tag finder's, and the stored report's for the
+    platforms the finder has not searched yet.
+
+    A new leader's (or a restarted operator's) finder knows nothing at first; without this rule every
+    report naming a fix would be written without it, then again when the finder finds the same tag.
+    A platform the finder has searched is its word: a tag found, or none (the stored one is dropped).
+    """
+    kept = {p: tag for p, tag in stored.items() if not searched(p)}
+    return {**kept, **found}
 
 
 def fingerprint(status: Mapping[str, Any]) -> str:
