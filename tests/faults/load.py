@@ -24,7 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Figures", "Outcome", "PodLoad", "ReadyzProbe", "ReviewCase", "ReviewLoad", "rss_kib"]
+from kubernetes import client
+
+from tests.harness.cluster import Cluster
+from tests.harness.procs import wait_until
+
+__all__ = [
+    "Figures",
+    "Outcome",
+    "PodLoad",
+    "ReadyzProbe",
+    "ReviewCase",
+    "ReviewLoad",
+    "control_plane_caught_up",
+    "rss_kib",
+]
 
 
 @dataclass(frozen=True)
@@ -209,3 +223,27 @@ class Figures:
 
     def line(self) -> str:
         return f"FAULT {self.case}: " + ", ".join(f"{k}={v}" for k, v in self.values.items())
+
+
+def control_plane_caught_up(cluster: Cluster) -> None:
+    """Leave the shared cluster whole: kube-controller-manager serving new namespaces again.
+
+    Its client-go reflectors back off on the errors a restarted apiserver answers at first (403 while
+    RBAC fills its cache), doubling up to 30 s with jitter, and the steps only reset after 2 minutes of
+    calm: after the restart case just before this one, a new namespace waited 68 s for its
+    ServiceAccount, and the next module's timed out. The controllers are restarted instead (seconds).
+    Every case that restarts the apiserver calls this when it ends.
+    """
+    started = time.monotonic()
+    cluster.restart_controllers()
+    name = f"after-fault-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(cluster.admin)
+    core.create_namespace({"metadata": {"name": name}})
+    wait_until(
+        lambda: core.read_namespaced_service_account("default", name),
+        timeout=120,
+        interval=0.25,
+        what="kube-controller-manager to make a new namespace's ServiceAccount after the fault",
+    )
+    core.delete_namespace(name)
+    print(f"control plane whole again {time.monotonic() - started:.1f}s after the case")

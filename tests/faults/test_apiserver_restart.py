@@ -30,7 +30,15 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import Seeded
-from tests.faults.load import Figures, PodLoad, ReadyzProbe, ReviewCase, ReviewLoad, rss_kib
+from tests.faults.load import (
+    Figures,
+    PodLoad,
+    ReadyzProbe,
+    ReviewCase,
+    ReviewLoad,
+    control_plane_caught_up,
+    rss_kib,
+)
 from tests.harness.cluster import Cluster, FakeNode
 from tests.harness.kube import create_namespace, pod_manifest
 from tests.harness.operator import (
@@ -114,6 +122,7 @@ def setup(
         op.stop()
         admission.delete_validating_webhook_configuration(configuration["metadata"]["name"])
         print(f"operator log: {op.service.log_path}")
+        control_plane_caught_up(cluster)
 
 
 def _nodes_known(op: Operator) -> int:

@@ -33,7 +33,14 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import Seeded
-from tests.faults.load import Figures, PodLoad, ReviewCase, ReviewLoad, rss_kib
+from tests.faults.load import (
+    Figures,
+    PodLoad,
+    ReviewCase,
+    ReviewLoad,
+    control_plane_caught_up,
+    rss_kib,
+)
 from tests.harness.cluster import Cluster
 from tests.harness.kube import create_namespace, pod_manifest
 from tests.harness.operator import (
@@ -116,30 +123,7 @@ def setup(
         op.stop()
         admission.delete_validating_webhook_configuration(configuration["metadata"]["name"])
         print(f"operator log: {op.service.log_path}")
-        _control_plane_caught_up(cluster)
-
-
-def _control_plane_caught_up(cluster: Cluster) -> None:
-    """Leave the shared cluster whole: kube-controller-manager serving new namespaces again.
-
-    Its client-go reflectors back off on the errors a restarted apiserver answers at first (403 while
-    RBAC fills its cache), doubling up to 30 s with jitter, and the steps only reset after 2 minutes of
-    calm: after the restart case just before this one, a new namespace waited 68 s for its
-    ServiceAccount, and the next module's timed out. The controllers are restarted instead (seconds).
-    """
-    started = time.monotonic()
-    cluster.restart_controllers()
-    name = f"compact-after-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(cluster.admin)
-    core.create_namespace({"metadata": {"name": name}})
-    wait_until(
-        lambda: core.read_namespaced_service_account("default", name),
-        timeout=120,
-        interval=0.25,
-        what="kube-controller-manager to make a new namespace's ServiceAccount after the fault",
-    )
-    core.delete_namespace(name)
-    print(f"control plane whole again {time.monotonic() - started:.1f}s after the case")
+        control_plane_caught_up(cluster)
 
 
 def _b64(text: str) -> str:
