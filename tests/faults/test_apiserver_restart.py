@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,24 +28,19 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import Seeded
+from tests.faults.audited import ARM64, Setup, audited
 from tests.faults.load import (
     Figures,
     PodLoad,
     ReadyzProbe,
     ReviewCase,
     ReviewLoad,
-    control_plane_caught_up,
     rss_kib,
 )
 from tests.harness.cluster import Cluster, FakeNode
-from tests.harness.kube import create_namespace, pod_manifest
+from tests.harness.kube import pod_manifest
 from tests.harness.operator import (
-    NAMESPACE,
     Operator,
-    ensure_namespace,
-    install_imageaudit_crd,
-    wait_until_denied,
-    webhook_configuration,
 )
 from tests.harness.procs import wait_until
 
@@ -55,19 +48,7 @@ STATE_RESYNC_SECONDS = 2.0
 STATE_STALE_SECONDS = 6.0
 RECOVERY_SECONDS = 30.0  # the promise: state exact this long after the apiserver is ready again
 REVIEW_DEADLINE = 5.0  # the apiserver's timeoutSeconds: an answer later than this is as good as none
-START_WAIT = 120.0
 GROUP, VERSION, PLURAL = "archaudit.io", "v1alpha1", "imageaudits"
-ARM64 = {"kubernetes.io/arch": "arm64"}
-
-
-@dataclass
-class Setup:
-    cluster: Cluster
-    op: Operator
-    enforce_ns: str  # direct reviews only: what is denied there is known
-    warn_ns: str  # workloads and the pod load: admitted, so the auditor reports them
-    amd64_only: str
-    multiarch: str
 
 
 @pytest.fixture(scope="module")
@@ -75,54 +56,16 @@ def setup(
     cluster: Cluster, plain_registry: Seeded, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Setup]:
     directory = tmp_path_factory.mktemp("apiserver-restart")
-    install_imageaudit_crd(cluster, directory)
-    ensure_namespace(cluster.admin, NAMESPACE)
-    suffix = uuid.uuid4().hex[:6]
-    enforce_ns, warn_ns = f"fault-enforce-{suffix}", f"fault-warn-{suffix}"
-    create_namespace(cluster.admin, enforce_ns)
-    create_namespace(cluster.admin, warn_ns, labels={"archaudit.io/mode": "warn"})
-    op = Operator(
-        kubeconfig=cluster.kubeconfig,
-        log_dir=directory / "logs",
-        env={
-            "ARCHAUDIT_REGISTRY_INSECURE": plain_registry.registry.host,
-            "ARCHAUDIT_AUDIT_ENABLED": "true",
-            # No periodic re-check during the test: a report after the restart must come from the
-            # watches resuming, not from a full pass that lists everything anew.
-            "ARCHAUDIT_AUDIT_RESYNC_SECONDS": "3600",
-            "ARCHAUDIT_AUDIT_DEBOUNCE_SECONDS": "0.2",
-            "ARCHAUDIT_CLUSTER_STATE_RESYNC_SECONDS": str(STATE_RESYNC_SECONDS),
-            "ARCHAUDIT_CLUSTER_STATE_STALE_SECONDS": str(STATE_STALE_SECONDS),
-        },
-    )
-    # Registered before the operator starts, so its start-up patch of the caBundle applies at once.
-    admission = client.AdmissionregistrationV1Api(cluster.admin)
-    configuration = webhook_configuration(op.url)
-    try:
-        admission.create_validating_webhook_configuration(configuration)
-    except ApiException as e:
-        if e.status != 409:
-            raise
-        admission.replace_validating_webhook_configuration(configuration["metadata"]["name"], configuration)
-    op.start(timeout=START_WAIT)
-    samples = plain_registry.samples
-    s = Setup(
-        cluster, op, enforce_ns, warn_ns, samples["amd64-docker"].reference, samples["multiarch"].reference
-    )
-    try:
-        wait_until_denied(
-            cluster.admin,
-            enforce_ns,
-            pod_manifest("canary", image=s.amd64_only, node_selector=ARM64),
-            service=op.service,
-            what="the webhook to deny an amd64-only pod pinned to arm64",
-        )
+    env = {
+        # No periodic re-check during the test: a report after the restart must come from the
+        # watches resuming, not from a full pass that lists everything anew.
+        "ARCHAUDIT_AUDIT_RESYNC_SECONDS": "3600",
+        "ARCHAUDIT_AUDIT_DEBOUNCE_SECONDS": "0.2",
+        "ARCHAUDIT_CLUSTER_STATE_RESYNC_SECONDS": str(STATE_RESYNC_SECONDS),
+        "ARCHAUDIT_CLUSTER_STATE_STALE_SECONDS": str(STATE_STALE_SECONDS),
+    }
+    with audited(cluster, plain_registry, directory, prefix="fault", env=env) as s:
         yield s
-    finally:
-        op.stop()
-        admission.delete_validating_webhook_configuration(configuration["metadata"]["name"])
-        print(f"operator log: {op.service.log_path}")
-        control_plane_caught_up(cluster)
 
 
 def _nodes_known(op: Operator) -> int:

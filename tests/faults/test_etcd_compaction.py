@@ -24,32 +24,25 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import Seeded
+from tests.faults.audited import ARM64, Setup, audited
 from tests.faults.load import (
     Figures,
     PodLoad,
     ReviewCase,
     ReviewLoad,
-    control_plane_caught_up,
     rss_kib,
 )
 from tests.harness.cluster import Cluster
-from tests.harness.kube import create_namespace, pod_manifest
+from tests.harness.kube import pod_manifest
 from tests.harness.operator import (
-    NAMESPACE,
     Operator,
-    ensure_namespace,
-    install_imageaudit_crd,
-    wait_until_denied,
-    webhook_configuration,
 )
 from tests.harness.procs import wait_until
 
@@ -59,18 +52,7 @@ GAP_SECONDS = 5.0  # the apiserver's outage; the revision is pushed on and compa
 WRITES = 300  # etcd writes made during the outage: the revision moves far past the watches'
 RSS_SLACK_KIB = 20 * 1024
 GROUP, VERSION, PLURAL = "archaudit.io", "v1alpha1", "imageaudits"
-ARM64 = {"kubernetes.io/arch": "arm64"}
 RELISTED = ("pods", "nodes", "namespaces")  # the watches the webhook's state and the reports hang on
-
-
-@dataclass
-class Setup:
-    cluster: Cluster
-    op: Operator
-    enforce_ns: str
-    warn_ns: str
-    amd64_only: str
-    multiarch: str
 
 
 @pytest.fixture(scope="module")
@@ -78,52 +60,15 @@ def setup(
     cluster: Cluster, plain_registry: Seeded, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Setup]:
     directory = tmp_path_factory.mktemp("etcd-compaction")
-    install_imageaudit_crd(cluster, directory)
-    ensure_namespace(cluster.admin, NAMESPACE)
-    suffix = uuid.uuid4().hex[:6]
-    enforce_ns, warn_ns = f"compact-enforce-{suffix}", f"compact-warn-{suffix}"
-    create_namespace(cluster.admin, enforce_ns)
-    create_namespace(cluster.admin, warn_ns, labels={"archaudit.io/mode": "warn"})
-    op = Operator(
-        kubeconfig=cluster.kubeconfig,
-        log_dir=directory / "logs",
-        env={
-            "ARCHAUDIT_REGISTRY_INSECURE": plain_registry.registry.host,
-            "ARCHAUDIT_AUDIT_ENABLED": "true",
-            # No periodic full pass: the reports after the fault come from the relisted watches.
-            "ARCHAUDIT_AUDIT_RESYNC_SECONDS": "3600",
-            "ARCHAUDIT_AUDIT_DEBOUNCE_SECONDS": "0.2",
-            "ARCHAUDIT_CLUSTER_STATE_RESYNC_SECONDS": "2",
-            "ARCHAUDIT_CLUSTER_STATE_STALE_SECONDS": "6",
-        },
-    )
-    admission = client.AdmissionregistrationV1Api(cluster.admin)
-    configuration = webhook_configuration(op.url)
-    try:
-        admission.create_validating_webhook_configuration(configuration)
-    except ApiException as e:
-        if e.status != 409:
-            raise
-        admission.replace_validating_webhook_configuration(configuration["metadata"]["name"], configuration)
-    op.start(timeout=120)
-    samples = plain_registry.samples
-    s = Setup(
-        cluster, op, enforce_ns, warn_ns, samples["amd64-docker"].reference, samples["multiarch"].reference
-    )
-    try:
-        wait_until_denied(
-            cluster.admin,
-            enforce_ns,
-            pod_manifest("canary", image=s.amd64_only, node_selector=ARM64),
-            service=op.service,
-            what="the webhook to deny an amd64-only pod pinned to arm64",
-        )
+    env = {
+        # No periodic full pass: the reports after the fault come from the relisted watches.
+        "ARCHAUDIT_AUDIT_RESYNC_SECONDS": "3600",
+        "ARCHAUDIT_AUDIT_DEBOUNCE_SECONDS": "0.2",
+        "ARCHAUDIT_CLUSTER_STATE_RESYNC_SECONDS": "2",
+        "ARCHAUDIT_CLUSTER_STATE_STALE_SECONDS": "6",
+    }
+    with audited(cluster, plain_registry, directory, prefix="compact", env=env) as s:
         yield s
-    finally:
-        op.stop()
-        admission.delete_validating_webhook_configuration(configuration["metadata"]["name"])
-        print(f"operator log: {op.service.log_path}")
-        control_plane_caught_up(cluster)
 
 
 def _b64(text: str) -> str:

@@ -1,0 +1,94 @@
+"""One `archaudit run` auditing the shared cluster, its validating webhook registered: the rig of the
+fault cases that break the control plane under it (apiserver restarts, etcd compaction).
+
+Why shared: those cases differ in the fault, not in what runs; each gets its own namespaces (an enforce
+one for direct reviews, whose answers are known, and a warn one where pods are admitted and reported)
+and leaves the cluster whole for the next module (`control_plane_caught_up`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.conftest import Seeded
+from tests.faults.load import control_plane_caught_up
+from tests.harness.cluster import Cluster
+from tests.harness.kube import create_namespace, pod_manifest
+from tests.harness.operator import (
+    NAMESPACE,
+    Operator,
+    ensure_namespace,
+    install_imageaudit_crd,
+    wait_until_denied,
+    webhook_configuration,
+)
+
+ARM64 = {"kubernetes.io/arch": "arm64"}
+START_WAIT = 120.0
+
+
+@dataclass
+class Setup:
+    cluster: Cluster
+    op: Operator
+    enforce_ns: str  # direct reviews only: what is denied there is known
+    warn_ns: str  # workloads and the pod load: admitted, so the auditor reports them
+    amd64_only: str
+    multiarch: str
+
+
+@contextlib.contextmanager
+def audited(
+    cluster: Cluster, registry: Seeded, directory: Path, *, prefix: str, env: Mapping[str, str]
+) -> Iterator[Setup]:
+    """The operator (auditing, with `env`) and its webhook, up and denying; torn down afterwards."""
+    install_imageaudit_crd(cluster, directory)
+    ensure_namespace(cluster.admin, NAMESPACE)
+    suffix = uuid.uuid4().hex[:6]
+    enforce_ns, warn_ns = f"{prefix}-enforce-{suffix}", f"{prefix}-warn-{suffix}"
+    create_namespace(cluster.admin, enforce_ns)
+    create_namespace(cluster.admin, warn_ns, labels={"archaudit.io/mode": "warn"})
+    op = Operator(
+        kubeconfig=cluster.kubeconfig,
+        log_dir=directory / "logs",
+        env={
+            "ARCHAUDIT_REGISTRY_INSECURE": registry.registry.host,
+            "ARCHAUDIT_AUDIT_ENABLED": "true",
+            **env,
+        },
+    )
+    # Registered before the operator starts, so its start-up patch of the caBundle applies at once.
+    admission = client.AdmissionregistrationV1Api(cluster.admin)
+    configuration = webhook_configuration(op.url)
+    try:
+        admission.create_validating_webhook_configuration(configuration)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        admission.replace_validating_webhook_configuration(configuration["metadata"]["name"], configuration)
+    op.start(timeout=START_WAIT)
+    samples = registry.samples
+    s = Setup(
+        cluster, op, enforce_ns, warn_ns, samples["amd64-docker"].reference, samples["multiarch"].reference
+    )
+    try:
+        wait_until_denied(
+            cluster.admin,
+            enforce_ns,
+            pod_manifest("canary", image=s.amd64_only, node_selector=ARM64),
+            service=op.service,
+            what="the webhook to deny an amd64-only pod pinned to arm64",
+        )
+        yield s
+    finally:
+        op.stop()
+        admission.delete_validating_webhook_configuration(configuration["metadata"]["name"])
+        print(f"operator log: {op.service.log_path}")
+        control_plane_caught_up(cluster)
