@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import Seeded
 from tests.faults.load import control_plane_caught_up
@@ -26,8 +25,8 @@ from tests.harness.operator import (
     Operator,
     ensure_namespace,
     install_imageaudit_crd,
+    register_webhook,
     wait_until_denied,
-    webhook_configuration,
 )
 
 ARM64 = {"kubernetes.io/arch": "arm64"}
@@ -66,13 +65,7 @@ def audited(
     )
     # Registered before the operator starts, so its start-up patch of the caBundle applies at once.
     admission = client.AdmissionregistrationV1Api(cluster.admin)
-    configuration = webhook_configuration(op.url)
-    try:
-        admission.create_validating_webhook_configuration(configuration)
-    except ApiException as e:
-        if e.status != 409:
-            raise
-        admission.replace_validating_webhook_configuration(configuration["metadata"]["name"], configuration)
+    configuration = register_webhook(cluster.admin, op.url)
     op.start(timeout=START_WAIT)
     samples = registry.samples
     s = Setup(

@@ -23,14 +23,13 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import Seeded
 from tests.faults.load import Figures, PodLoad, ReviewCase, ReviewLoad, rss_kib
 from tests.harness.cluster import Cluster
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.kube import create_namespace, pod_manifest
-from tests.harness.operator import NAMESPACE, Operator, ensure_namespace, webhook_configuration
+from tests.harness.operator import NAMESPACE, Operator, ensure_namespace, register_webhook
 from tests.harness.procs import wait_until
 
 DEADLINE = 3.5  # webhook.deadline_seconds (the chart's default)
@@ -73,13 +72,7 @@ def setup(
         },
     )
     admission = client.AdmissionregistrationV1Api(cluster.admin)
-    configuration = webhook_configuration(op.url)
-    try:
-        admission.create_validating_webhook_configuration(configuration)
-    except ApiException as e:
-        if e.status != 409:
-            raise
-        admission.replace_validating_webhook_configuration(configuration["metadata"]["name"], configuration)
+    configuration = register_webhook(cluster.admin, op.url)
     op.start(timeout=120)
     samples = plain_registry.samples
     cases = [

@@ -163,6 +163,22 @@ class Operator:
         self.stop()
 
 
+def register_webhook(api: Any, url: str) -> dict[str, Any]:
+    """Create (or replace, if an earlier run left it) the chart's configuration pointing at `url`."""
+    from kubernetes import client  # the e2e side only
+    from kubernetes.client.exceptions import ApiException
+
+    admission = client.AdmissionregistrationV1Api(api)
+    configuration = webhook_configuration(url)
+    try:
+        admission.create_validating_webhook_configuration(configuration)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        admission.replace_validating_webhook_configuration(configuration["metadata"]["name"], configuration)
+    return configuration
+
+
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, default=str)
 
