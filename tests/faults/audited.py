@@ -43,6 +43,23 @@ class Setup:
     multiarch: str
 
 
+def watch_driven(*, state_resync: float, state_stale: float) -> dict[str, str]:
+    """Operator settings under which a report after the fault can only come from resumed watches:
+    no periodic full pass, a short debounce, and the node/namespace re-list and staleness bounds."""
+    return {
+        "ARCHAUDIT_AUDIT_RESYNC_SECONDS": "3600",
+        "ARCHAUDIT_AUDIT_DEBOUNCE_SECONDS": "0.2",
+        "ARCHAUDIT_CLUSTER_STATE_RESYNC_SECONDS": str(state_resync),
+        "ARCHAUDIT_CLUSTER_STATE_STALE_SECONDS": str(state_stale),
+    }
+
+
+def ca_file(op: Operator) -> Path:
+    """The CA the operator's self-TLS wrote beside its serving certificate."""
+    assert op.service.env is not None
+    return Path(op.service.env["ARCHAUDIT_WEBHOOK_CERT_DIR"]) / "ca.crt"
+
+
 @contextlib.contextmanager
 def audited(
     cluster: Cluster, registry: Seeded, directory: Path, *, prefix: str, env: Mapping[str, str]

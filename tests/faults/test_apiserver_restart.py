@@ -20,7 +20,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -28,7 +27,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.conftest import Seeded
-from tests.faults.audited import ARM64, Setup, audited
+from tests.faults.audited import ARM64, Setup, audited, ca_file, watch_driven
 from tests.faults.load import (
     Figures,
     PodLoad,
@@ -56,14 +55,7 @@ def setup(
     cluster: Cluster, plain_registry: Seeded, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Setup]:
     directory = tmp_path_factory.mktemp("apiserver-restart")
-    env = {
-        # No periodic re-check during the test: a report after the restart must come from the
-        # watches resuming, not from a full pass that lists everything anew.
-        "ARCHAUDIT_AUDIT_RESYNC_SECONDS": "3600",
-        "ARCHAUDIT_AUDIT_DEBOUNCE_SECONDS": "0.2",
-        "ARCHAUDIT_CLUSTER_STATE_RESYNC_SECONDS": str(STATE_RESYNC_SECONDS),
-        "ARCHAUDIT_CLUSTER_STATE_STALE_SECONDS": str(STATE_STALE_SECONDS),
-    }
+    env = watch_driven(state_resync=STATE_RESYNC_SECONDS, state_stale=STATE_STALE_SECONDS)
     with audited(cluster, plain_registry, directory, prefix="fault", env=env) as s:
         yield s
 
@@ -115,13 +107,8 @@ def _mismatch_events(cluster: Cluster, namespace: str, name: str) -> dict[str, i
 
 def _review_allowed(s: Setup, namespace: str, pod: dict[str, Any]) -> bool:
     """One direct review of `pod` in `namespace`, answered and allowed."""
-    outcome = ReviewLoad(s.op.url, _ca_file(s.op), [ReviewCase(namespace, pod, denied=False)]).once()
+    outcome = ReviewLoad(s.op.url, ca_file(s.op), [ReviewCase(namespace, pod, denied=False)]).once()
     return outcome.ok and not outcome.wrong
-
-
-def _ca_file(op: Operator) -> Path:
-    assert op.service.env is not None
-    return Path(op.service.env["ARCHAUDIT_WEBHOOK_CERT_DIR"]) / "ca.crt"
 
 
 def _incompatible(s: Setup, name: str) -> None:
@@ -216,7 +203,7 @@ def _run(s: Setup, gaps: list[float], case: str) -> None:
         core.create_namespaced_pod(s.warn_ns, pod_manifest(name, image=s.multiarch), _request_timeout=5)
 
     rss_before = rss_kib(pid)
-    reviews = ReviewLoad(s.op.url, _ca_file(s.op), cases, rate=5).start()
+    reviews = ReviewLoad(s.op.url, ca_file(s.op), cases, rate=5).start()
     readyz = ReadyzProbe(s.op.metrics_url).start()
     pods = PodLoad(create, rate=2).start()
     started = time.monotonic()

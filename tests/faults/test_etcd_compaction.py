@@ -24,14 +24,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from kubernetes import client
 
 from tests.conftest import Seeded
-from tests.faults.audited import ARM64, Setup, audited
+from tests.faults.audited import ARM64, Setup, audited, ca_file, watch_driven
 from tests.faults.load import (
     Figures,
     PodLoad,
@@ -60,13 +59,7 @@ def setup(
     cluster: Cluster, plain_registry: Seeded, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Setup]:
     directory = tmp_path_factory.mktemp("etcd-compaction")
-    env = {
-        # No periodic full pass: the reports after the fault come from the relisted watches.
-        "ARCHAUDIT_AUDIT_RESYNC_SECONDS": "3600",
-        "ARCHAUDIT_AUDIT_DEBOUNCE_SECONDS": "0.2",
-        "ARCHAUDIT_CLUSTER_STATE_RESYNC_SECONDS": "2",
-        "ARCHAUDIT_CLUSTER_STATE_STALE_SECONDS": "6",
-    }
+    env = watch_driven(state_resync=2, state_stale=6)
     with audited(cluster, plain_registry, directory, prefix="compact", env=env) as s:
         yield s
 
@@ -88,11 +81,6 @@ def _auditor_events(cluster: Cluster, namespace: str) -> dict[str, int]:
         if e.reason == "ImageArchMismatch" and (e.reporting_component or "") == "archaudit.io/auditor":
             counts[e.involved_object.name] = counts.get(e.involved_object.name, 0) + (e.count or 1)
     return counts
-
-
-def _ca_file(op: Operator) -> Path:
-    assert op.service.env is not None
-    return Path(op.service.env["ARCHAUDIT_WEBHOOK_CERT_DIR"]) / "ca.crt"
 
 
 def _relists(op: Operator, since_line: int) -> dict[str, int]:
@@ -149,7 +137,7 @@ def test_watches_relist_after_etcd_compaction_under_load(setup: Setup) -> None:
         ReviewCase(s.enforce_ns, pod_manifest("admit-me", image=s.multiarch), denied=False),
     ]
     rss_before = rss_kib(pid)
-    reviews = ReviewLoad(s.op.url, _ca_file(s.op), cases, rate=5).start()
+    reviews = ReviewLoad(s.op.url, ca_file(s.op), cases, rate=5).start()
     pods = PodLoad(create, rate=2).start()
     started = time.monotonic()
     try:

@@ -273,6 +273,15 @@ def make_run(
     return Run(ctx, resolver, cloud, exported, hosts)
 
 
+async def resolve_once(clouds: Clouds, image: str) -> ImagePlatforms | ResolutionError:
+    """`image` through a fresh resolution path (default settings), closed afterwards."""
+    run = make_run(clouds)
+    try:
+        return (await run.resolve(image))[image]
+    finally:
+        await run.close()
+
+
 def _image(result: ImagePlatforms | ResolutionError) -> ImagePlatforms:
     assert isinstance(result, ImagePlatforms), result
     return result
@@ -301,11 +310,7 @@ async def test_ecr_with_irsa(clouds: Clouds, cloud_env: Path, monkeypatch: pytes
 
 
 async def test_ecr_without_any_identity_says_so(clouds: Clouds, cloud_env: Path) -> None:
-    run = make_run(clouds)
-    try:
-        error = _error((await run.resolve(ECR_IMAGE))[ECR_IMAGE])
-    finally:
-        await run.close()
+    error = _error(await resolve_once(clouds, ECR_IMAGE))
     assert error.reason is Reason.AUTH
     assert "anonymously" in error.message  # the chain went on to anonymous, as the kubelet does
     assert "ECR GetAuthorizationToken (us-east-1): no AWS credentials" in error.message
@@ -319,11 +324,7 @@ async def test_ecr_with_eks_pod_identity(
     monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", clouds.agent.url)
     monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", str(token_file))
     before = clouds.agent.requests
-    run = make_run(clouds)
-    try:
-        image = _image((await run.resolve(ECR_IMAGE))[ECR_IMAGE])
-    finally:
-        await run.close()
+    image = _image(await resolve_once(clouds, ECR_IMAGE))
     assert image.digest == clouds.pushed.digest
     assert clouds.agent.requests == before + 1
     assert clouds.agent.refused == 0
@@ -471,11 +472,7 @@ async def test_gke_workload_identity(clouds: Clouds, cloud_env: Path) -> None:
 
 async def test_gke_metadata_failure_is_an_auth_reason(clouds: Clouds, cloud_env: Path) -> None:
     clouds.gcp.status = 404
-    run = make_run(clouds)
-    try:
-        error = _error((await run.resolve(GAR_IMAGE))[GAR_IMAGE])
-    finally:
-        await run.close()
+    error = _error(await resolve_once(clouds, GAR_IMAGE))
     assert error.reason is Reason.AUTH
     assert error.message.endswith(
         "; GCP metadata server: HTTP 404 (is GKE workload identity enabled for archaudit's service account?)"
@@ -500,11 +497,7 @@ async def test_aks_workload_identity(
     clouds: Clouds, cloud_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     azure_identity(monkeypatch, clouds, cloud_env)
-    run = make_run(clouds)
-    try:
-        image = _image((await run.resolve(ACR_IMAGE))[ACR_IMAGE])
-    finally:
-        await run.close()
+    image = _image(await resolve_once(clouds, ACR_IMAGE))
     assert image.digest == clouds.pushed.digest
     [aad] = clouds.azure.aad_requests
     assert aad["client_assertion"] == clouds.azure.federated_token
@@ -523,11 +516,7 @@ async def test_aks_aad_refusal_names_the_tenant_and_the_aadsts_code(
             "error_description": "AADSTS700016: Application with identifier 'x' was not found.\r\nTrace: 1",
         },
     )
-    run = make_run(clouds)
-    try:
-        error = _error((await run.resolve(ACR_IMAGE))[ACR_IMAGE])
-    finally:
-        await run.close()
+    error = _error(await resolve_once(clouds, ACR_IMAGE))
     assert error.reason is Reason.AUTH
     assert (
         f"Azure AD token (tenant {clouds.azure.tenant}, client {clouds.azure.client_id}): HTTP 400: "
@@ -537,11 +526,7 @@ async def test_aks_aad_refusal_names_the_tenant_and_the_aadsts_code(
 
 
 async def test_aks_without_workload_identity(clouds: Clouds, cloud_env: Path) -> None:
-    run = make_run(clouds)
-    try:
-        error = _error((await run.resolve(ACR_IMAGE))[ACR_IMAGE])
-    finally:
-        await run.close()
+    error = _error(await resolve_once(clouds, ACR_IMAGE))
     assert error.reason is Reason.AUTH
     assert (
         "Azure workload identity: AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE not set"
